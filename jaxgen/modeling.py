@@ -1,0 +1,164 @@
+"""What every jaxgen model shares: config dataclasses read from config.json, and ``from_pretrained``.
+
+A model is a ``flax.linen`` module with two fields, ``config`` (a frozen dataclass whose fields are
+the config.json keys) and ``dtype`` (the computation dtype). ``Model.from_pretrained(folder)`` returns
+``(module, params)``: it reads config.json, gets the param shapes with ``jax.eval_shape`` (nothing
+is allocated), and fills them from the folder's safetensors through the architecture's key map in
+``convert/``, or from an orbax checkpoint written by ``python -m convert``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import hub
+
+__all__ = ["ModelConfig", "PretrainedModel", "ORBAX_PARAMS_DIR", "load_orbax_params", "save_orbax_params"]
+
+ORBAX_PARAMS_DIR = "jaxgen_params"
+"""Subfolder of a component folder that holds converted params (written by ``python -m convert``)."""
+
+C = TypeVar("C", bound="ModelConfig")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Base of config dataclasses: field names are config.json keys; lists become tuples."""
+
+    @classmethod
+    def from_dict(cls: type[C], config: Mapping[str, Any], **overrides: Any) -> C:
+        """Build from a config.json dict, ignoring keys this architecture does not use (as diffusers does)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: _freeze(v) for k, v in {**config, **overrides}.items() if k in names}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict."""
+
+        def thaw(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return [thaw(x) for x in v]
+            if isinstance(v, Mapping):
+                return {k: thaw(x) for k, x in v.items()}
+            return v
+
+        return {f.name: thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def save_orbax_params(path: Path, params: Any) -> None:
+    """Write a params pytree as an orbax checkpoint at ``path`` (must not exist)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(Path(path).absolute(), params)
+
+
+def load_orbax_params(path: Path, target: Any, dtype: Any = None, shardings: Any = None) -> Any:
+    """Restore a params pytree written by ``save_orbax_params``, shaped like ``target`` (ShapeDtypeStructs)."""
+    import orbax.checkpoint as ocp
+
+    def abstract(x: Any, sharding: Any = None) -> jax.ShapeDtypeStruct:
+        dt = dtype if (dtype is not None and jnp.issubdtype(x.dtype, jnp.floating)) else x.dtype
+        return jax.ShapeDtypeStruct(x.shape, dt, sharding=sharding)
+
+    if shardings is None:
+        shardings = jax.tree_util.tree_map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), target)
+    abstract_tree = jax.tree_util.tree_map(abstract, target, shardings)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(Path(path).absolute(), abstract_tree)
+
+
+class PretrainedModel:
+    """Mixin for jaxgen models: ``from_pretrained`` and the dummy inputs that give param shapes.
+
+    Subclasses (flax.linen modules with fields ``config`` and ``dtype``) set ``config_class`` and
+    implement ``init_args(self) -> tuple`` (small inputs for ``init``; only param shapes matter).
+    The key map comes from ``convert.key_rule(type(self).__name__, config)``.
+    """
+
+    config_class: ClassVar[type[ModelConfig]]
+    config_name: ClassVar[str] = "config.json"
+
+    def init_args(self) -> tuple:  # pragma: no cover - every model overrides it
+        raise TypeError(f"{type(self).__name__} must define init_args()")
+
+    def init_params(self, rng: jax.Array | None = None) -> Any:
+        """Random params (the ``params`` collection) for this config, e.g. for benchmarks."""
+        rng = jax.random.key(0) if rng is None else rng
+        return self.init(rng, *self.init_args())["params"]
+
+    def param_shapes(self) -> Any:
+        """The params tree as ``jax.ShapeDtypeStruct`` leaves, without allocating anything."""
+        return jax.eval_shape(self.init_params, jax.random.key(0))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | ModelConfig, dtype: Any = jnp.float32):
+        """The module (no params) for a config.json dict or a config dataclass."""
+        if not isinstance(config, ModelConfig):
+            config = cls.config_class.from_dict(config)
+        return cls(config=config, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        subfolder: str | None = None,
+        dtype: Any = jnp.float32,
+        variant: str | None = None,
+        mesh: Any = None,
+    ):
+        """Load ``(module, params)`` from a diffusers/transformers folder, a Hub repo id, or a converted folder.
+
+        ``dtype`` is both the computation dtype and the params' dtype. ``variant="fp16"`` reads
+        ``*.fp16.safetensors``. Weights are converted with the architecture's key map, which fails
+        with a list of missing, unused and mis-shaped keys when the checkpoint does not match.
+        """
+        root = hub.resolve_checkpoint(pretrained_model_name_or_path)
+        folder = hub.component_folder(root, subfolder) if subfolder else Path(root)
+        module = cls.from_config(hub.load_config(folder, cls.config_name), dtype=dtype)
+        return module, module.load_params(folder, variant=variant, mesh=mesh)
+
+    def load_params(self, folder: Path, variant: str | None = None, mesh: Any = None) -> Any:
+        """Params for this module from a component folder (safetensors, or converted orbax params)."""
+        from convert import ignored_keys, key_rule, prepare_state_dict
+
+        shapes = self.param_shapes()
+        dtype = self.dtype
+        orbax_dir = Path(folder) / ORBAX_PARAMS_DIR
+        if orbax_dir.is_dir():
+            params = load_orbax_params(orbax_dir, shapes, dtype=dtype)
+        else:
+            from convert.engine import convert_state_dict
+
+            name = type(self).__name__
+            state = prepare_state_dict(name, self.config, hub.load_state_dict(folder, variant=variant))
+            params = convert_state_dict(
+                state, shapes, key_rule(name, self.config), ignore=ignored_keys(name, self.config), dtype=dtype
+            )
+            params = jax.tree_util.tree_map(jnp.asarray, params)
+        if mesh is not None:
+            from jaxgen import sharding
+
+            params = sharding.place_params(params, mesh)
+        return params

@@ -1,0 +1,415 @@
+"""diffusers' ``AutoencoderKL`` (the KL-regularised VAE of latent diffusion) in Flax, channels last.
+
+``encode(x)`` maps images (B, H, W, in_channels) in [-1, 1] to ``AutoencoderKLOutput(latent_dist)``,
+a diagonal Gaussian over latents (B, H/f, W/f, latent_channels) with f = 2 ** (len(block_out_channels) - 1);
+``decode(z)`` maps latents back to ``DecoderOutput(sample=(B, H, W, out_channels))``. Pipelines scale
+latents by ``config.scaling_factor`` (``latents / scaling_factor`` before ``decode``).
+Module names mirror diffusers' (``encoder.down_blocks.0.resnets.1.conv1``), so diffusers' safetensors
+convert with the default key rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.modeling import ModelConfig, PretrainedModel
+from jaxgen.nn.attention import dot_product_attention
+from jaxgen.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv2d, get_activation, group_norm
+
+__all__ = [
+    "AutoencoderKLConfig", "AutoencoderKL", "AutoencoderKLOutput", "DecoderOutput", "DiagonalGaussianDistribution",
+    "Encoder", "Decoder", "UNetMidBlock2D", "DownEncoderBlock2D", "UpDecoderBlock2D", "VAEAttention",
+]
+
+_DOWN_BLOCKS = ("DownEncoderBlock2D",)
+_UP_BLOCKS = ("UpDecoderBlock2D",)
+
+
+def _check_block_types(field: str, types: tuple[str, ...], supported: tuple[str, ...]) -> None:
+    for t in types:
+        if t not in supported:
+            raise ValueError(f"{field}: block type {t!r} is not supported by jaxgen's AutoencoderKL (supported: {supported})")
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoencoderKLConfig(ModelConfig):
+    """config.json of diffusers' ``AutoencoderKL`` (same keys and defaults)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
+    up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 1
+    act_fn: str = "silu"
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    sample_size: int | tuple[int, ...] = 32
+    scaling_factor: float = 0.18215
+    shift_factor: float | None = None
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    force_upcast: bool = True
+    use_quant_conv: bool = True
+    use_post_quant_conv: bool = True
+    mid_block_add_attention: bool = True
+
+    def __post_init__(self) -> None:
+        _check_block_types("down_block_types", self.down_block_types, _DOWN_BLOCKS)
+        _check_block_types("up_block_types", self.up_block_types, _UP_BLOCKS)
+        n = len(self.block_out_channels)
+        for field in ("down_block_types", "up_block_types"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(f"{field} has {len(getattr(self, field))} entries, block_out_channels has {n}")
+        get_activation(self.act_fn)
+
+    @classmethod
+    def tiny(cls) -> "AutoencoderKLConfig":
+        """A two-level VAE with 8/16 channels, for tests."""
+        return cls(
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4, sample_size=16,
+        )
+
+
+@flax.struct.dataclass
+class DiagonalGaussianDistribution:
+    """The VAE posterior N(mean, exp(logvar)) from the encoder's moments (B, h, w, 2 * latent_channels).
+
+    The channel axis (last) holds the mean then the log-variance; the log-variance is clamped to
+    [-30, 20] as in diffusers. ``deterministic=True`` makes std and var zero.
+    """
+
+    parameters: jax.Array
+    deterministic: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @property
+    def mean(self) -> jax.Array:
+        return jnp.split(self.parameters, 2, axis=-1)[0]
+
+    @property
+    def logvar(self) -> jax.Array:
+        return jnp.clip(jnp.split(self.parameters, 2, axis=-1)[1], -30.0, 20.0)
+
+    @property
+    def std(self) -> jax.Array:
+        return jnp.zeros_like(self.mean) if self.deterministic else jnp.exp(0.5 * self.logvar)
+
+    @property
+    def var(self) -> jax.Array:
+        return jnp.zeros_like(self.mean) if self.deterministic else jnp.exp(self.logvar)
+
+    def sample(self, key: jax.Array) -> jax.Array:
+        """A draw mean + std * eps with eps ~ N(0, I) from the ``jax.random`` key."""
+        mean = self.mean
+        return mean + self.std * jax.random.normal(key, mean.shape, mean.dtype)
+
+    def mode(self) -> jax.Array:
+        return self.mean
+
+    def kl(self, other: "DiagonalGaussianDistribution | None" = None) -> jax.Array:
+        """KL(self || other), or KL(self || N(0, I)), summed over (h, w, c): shape (B,)."""
+        if self.deterministic:
+            return jnp.zeros((1,), self.parameters.dtype)
+        if other is None:
+            terms = jnp.square(self.mean) + self.var - 1.0 - self.logvar
+        else:
+            terms = (jnp.square(self.mean - other.mean) / other.var + self.var / other.var
+                     - 1.0 - self.logvar + other.logvar)
+        return 0.5 * jnp.sum(terms, axis=(1, 2, 3))
+
+    def nll(self, sample: jax.Array, dims: tuple[int, ...] = (1, 2, 3)) -> jax.Array:
+        """Negative log-likelihood of ``sample`` summed over ``dims``."""
+        if self.deterministic:
+            return jnp.zeros((1,), self.parameters.dtype)
+        terms = np.log(2.0 * np.pi) + self.logvar + jnp.square(sample - self.mean) / self.var
+        return 0.5 * jnp.sum(terms, axis=dims)
+
+
+@flax.struct.dataclass
+class AutoencoderKLOutput:
+    """``encode``'s output: ``latent_dist``, the posterior over latents."""
+
+    latent_dist: DiagonalGaussianDistribution
+
+
+@flax.struct.dataclass
+class DecoderOutput:
+    """``decode``'s output: ``sample`` (B, H, W, C) images; ``commit_loss`` only for VQ models."""
+
+    sample: jax.Array
+    commit_loss: jax.Array | None = None
+
+
+class VAEAttention(nn.Module):
+    """diffusers' ``Attention`` as the VAE mid-block uses it: spatial self-attention over H*W positions.
+
+    group_norm -> to_q/to_k/to_v -> attention -> to_out.0, plus the residual, divided by
+    ``rescale_output_factor``. Takes and returns (B, H, W, C).
+    """
+
+    heads: int
+    dim_head: int
+    norm_num_groups: int | None = None
+    eps: float = 1e-6
+    rescale_output_factor: float = 1.0
+    residual_connection: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        residual = hidden_states
+        b, h, w, c = hidden_states.shape
+        if self.norm_num_groups is not None:
+            hidden_states = group_norm(self.norm_num_groups, self.eps, self.dtype, "group_norm")(hidden_states)
+        hidden_states = hidden_states.reshape(b, h * w, c)
+        inner = self.heads * self.dim_head
+
+        def project(name: str) -> jax.Array:
+            y = nn.Dense(inner, dtype=self.dtype, name=name)(hidden_states)
+            return y.reshape(b, h * w, self.heads, self.dim_head)
+
+        out = dot_product_attention(project("to_q"), project("to_k"), project("to_v")).reshape(b, h * w, inner)
+        out = nn.Dense(c, dtype=self.dtype, name="to_out.0")(out).reshape(b, h, w, c)
+        if self.residual_connection:
+            out = out + residual
+        return out / self.rescale_output_factor
+
+
+class UNetMidBlock2D(nn.Module):
+    """diffusers' ``UNetMidBlock2D``: resnet, then ``num_layers`` x (attention, resnet), at constant width.
+
+    ``attention_head_dim`` defaults to the width (one head, as in the VAE). Takes (B, H, W, C) and an
+    optional ``temb`` (B, temb_channels); returns (B, H, W, C).
+    """
+
+    temb_channels: int | None = None
+    num_layers: int = 1
+    resnet_eps: float = 1e-6
+    resnet_time_scale_shift: str = "default"
+    resnet_act_fn: str = "swish"
+    resnet_groups: int | None = 32
+    attn_groups: int | None = None
+    add_attention: bool = True
+    attention_head_dim: int | None = None
+    output_scale_factor: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        channels = hidden_states.shape[-1]
+        groups = self.resnet_groups if self.resnet_groups is not None else min(channels // 4, 32)
+        attn_groups = self.attn_groups
+        if attn_groups is None and self.resnet_time_scale_shift == "default":
+            attn_groups = groups
+        head_dim = self.attention_head_dim or channels
+
+        def resnet(i: int) -> ResnetBlock2D:
+            return ResnetBlock2D(
+                out_channels=channels, temb_channels=self.temb_channels, eps=self.resnet_eps, groups=groups,
+                time_embedding_norm=self.resnet_time_scale_shift, non_linearity=self.resnet_act_fn,
+                output_scale_factor=self.output_scale_factor, dtype=self.dtype, name=f"resnets.{i}",
+            )
+
+        hidden_states = resnet(0)(hidden_states, temb)
+        for i in range(self.num_layers):
+            if self.add_attention:
+                hidden_states = VAEAttention(
+                    heads=channels // head_dim, dim_head=head_dim, norm_num_groups=attn_groups, eps=self.resnet_eps,
+                    rescale_output_factor=self.output_scale_factor, dtype=self.dtype, name=f"attentions.{i}",
+                )(hidden_states)
+            hidden_states = resnet(i + 1)(hidden_states, temb)
+        return hidden_states
+
+
+class DownEncoderBlock2D(nn.Module):
+    """diffusers' ``DownEncoderBlock2D``: ``num_layers`` resnets (no time embedding), then an optional
+    stride-2 conv (``downsamplers.0``). (B, H, W, C_in) -> (B, H/2, W/2, out_channels)."""
+
+    out_channels: int
+    num_layers: int = 1
+    resnet_eps: float = 1e-6
+    resnet_act_fn: str = "swish"
+    resnet_groups: int = 32
+    output_scale_factor: float = 1.0
+    add_downsample: bool = True
+    downsample_padding: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        for i in range(self.num_layers):
+            hidden_states = ResnetBlock2D(
+                out_channels=self.out_channels, temb_channels=None, eps=self.resnet_eps, groups=self.resnet_groups,
+                non_linearity=self.resnet_act_fn, output_scale_factor=self.output_scale_factor, dtype=self.dtype,
+                name=f"resnets.{i}",
+            )(hidden_states)
+        if self.add_downsample:
+            hidden_states = Downsample2D(
+                use_conv=True, out_channels=self.out_channels, padding=self.downsample_padding, dtype=self.dtype,
+                name="downsamplers.0",
+            )(hidden_states)
+        return hidden_states
+
+
+class UpDecoderBlock2D(nn.Module):
+    """diffusers' ``UpDecoderBlock2D``: ``num_layers`` resnets, then an optional nearest 2x + conv
+    (``upsamplers.0``). (B, H, W, C_in) -> (B, 2H, 2W, out_channels)."""
+
+    out_channels: int
+    num_layers: int = 1
+    resnet_eps: float = 1e-6
+    resnet_act_fn: str = "swish"
+    resnet_groups: int = 32
+    output_scale_factor: float = 1.0
+    add_upsample: bool = True
+    temb_channels: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        for i in range(self.num_layers):
+            hidden_states = ResnetBlock2D(
+                out_channels=self.out_channels, temb_channels=self.temb_channels, eps=self.resnet_eps,
+                groups=self.resnet_groups, non_linearity=self.resnet_act_fn,
+                output_scale_factor=self.output_scale_factor, dtype=self.dtype, name=f"resnets.{i}",
+            )(hidden_states, temb)
+        if self.add_upsample:
+            hidden_states = Upsample2D(use_conv=True, out_channels=self.out_channels, dtype=self.dtype,
+                                       name="upsamplers.0")(hidden_states)
+        return hidden_states
+
+
+class Encoder(nn.Module):
+    """diffusers' VAE ``Encoder``: conv_in, down blocks, mid block, GroupNorm + SiLU, conv_out.
+
+    (B, H, W, in_channels) -> (B, H/f, W/f, 2 * out_channels if double_z else out_channels).
+    """
+
+    out_channels: int = 3
+    down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    act_fn: str = "silu"
+    double_z: bool = True
+    mid_block_add_attention: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, sample: jax.Array) -> jax.Array:
+        _check_block_types("down_block_types", self.down_block_types, _DOWN_BLOCKS)
+        channels = self.block_out_channels
+        sample = conv2d(channels[0], 3, padding=1, dtype=self.dtype, name="conv_in")(sample)
+        for i in range(len(self.down_block_types)):
+            sample = DownEncoderBlock2D(
+                out_channels=channels[i], num_layers=self.layers_per_block, resnet_eps=1e-6,
+                resnet_act_fn=self.act_fn, resnet_groups=self.norm_num_groups,
+                add_downsample=i != len(channels) - 1, downsample_padding=0, dtype=self.dtype, name=f"down_blocks.{i}",
+            )(sample)
+        sample = UNetMidBlock2D(
+            resnet_eps=1e-6, resnet_act_fn=self.act_fn, output_scale_factor=1.0, attention_head_dim=channels[-1],
+            resnet_groups=self.norm_num_groups, add_attention=self.mid_block_add_attention, dtype=self.dtype,
+            name="mid_block",
+        )(sample)
+        sample = nn.silu(group_norm(self.norm_num_groups, 1e-6, self.dtype, "conv_norm_out")(sample))
+        out = 2 * self.out_channels if self.double_z else self.out_channels
+        return conv2d(out, 3, padding=1, dtype=self.dtype, name="conv_out")(sample)
+
+
+class Decoder(nn.Module):
+    """diffusers' VAE ``Decoder`` (group norm form): conv_in, mid block, up blocks, GroupNorm + SiLU, conv_out.
+
+    (B, h, w, latent channels) -> (B, h * f, w * f, out_channels).
+    """
+
+    out_channels: int = 3
+    up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
+    block_out_channels: tuple[int, ...] = (64,)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    act_fn: str = "silu"
+    mid_block_add_attention: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, sample: jax.Array) -> jax.Array:
+        _check_block_types("up_block_types", self.up_block_types, _UP_BLOCKS)
+        reversed_channels = tuple(reversed(self.block_out_channels))
+        sample = conv2d(reversed_channels[0], 3, padding=1, dtype=self.dtype, name="conv_in")(sample)
+        sample = UNetMidBlock2D(
+            resnet_eps=1e-6, resnet_act_fn=self.act_fn, output_scale_factor=1.0,
+            attention_head_dim=reversed_channels[0], resnet_groups=self.norm_num_groups,
+            add_attention=self.mid_block_add_attention, dtype=self.dtype, name="mid_block",
+        )(sample)
+        for i in range(len(self.up_block_types)):
+            sample = UpDecoderBlock2D(
+                out_channels=reversed_channels[i], num_layers=self.layers_per_block + 1, resnet_eps=1e-6,
+                resnet_act_fn=self.act_fn, resnet_groups=self.norm_num_groups,
+                add_upsample=i != len(reversed_channels) - 1, dtype=self.dtype, name=f"up_blocks.{i}",
+            )(sample)
+        sample = nn.silu(group_norm(self.norm_num_groups, 1e-6, self.dtype, "conv_norm_out")(sample))
+        return conv2d(self.out_channels, 3, padding=1, dtype=self.dtype, name="conv_out")(sample)
+
+
+class AutoencoderKL(nn.Module, PretrainedModel):
+    """diffusers' ``AutoencoderKL`` on NHWC arrays: ``encode``, ``decode`` and the forward ``__call__``.
+
+    ``module.apply(v, x, method="encode")`` -> ``AutoencoderKLOutput(latent_dist)``;
+    ``module.apply(v, z, method="decode")`` -> ``DecoderOutput(sample)``.
+    """
+
+    config: AutoencoderKLConfig
+    dtype: Any = jnp.float32
+
+    config_class: ClassVar[type[AutoencoderKLConfig]] = AutoencoderKLConfig
+
+    def setup(self) -> None:
+        c = self.config
+        self.encoder = Encoder(
+            out_channels=c.latent_channels, down_block_types=c.down_block_types,
+            block_out_channels=c.block_out_channels, layers_per_block=c.layers_per_block,
+            norm_num_groups=c.norm_num_groups, act_fn=c.act_fn, double_z=True,
+            mid_block_add_attention=c.mid_block_add_attention, dtype=self.dtype,
+        )
+        self.decoder = Decoder(
+            out_channels=c.out_channels, up_block_types=c.up_block_types, block_out_channels=c.block_out_channels,
+            layers_per_block=c.layers_per_block, norm_num_groups=c.norm_num_groups, act_fn=c.act_fn,
+            mid_block_add_attention=c.mid_block_add_attention, dtype=self.dtype,
+        )
+        self.quant_conv = conv2d(2 * c.latent_channels, 1, dtype=self.dtype) if c.use_quant_conv else None
+        self.post_quant_conv = conv2d(c.latent_channels, 1, dtype=self.dtype) if c.use_post_quant_conv else None
+
+    def encode(self, x: jax.Array) -> AutoencoderKLOutput:
+        """Images (B, H, W, in_channels) -> ``AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution)``."""
+        moments = self.encoder(x)
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(moments))
+
+    def decode(self, z: jax.Array) -> DecoderOutput:
+        """Latents (B, h, w, latent_channels) -> ``DecoderOutput(sample=(B, h * f, w * f, out_channels))``."""
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return DecoderOutput(sample=self.decoder(z))
+
+    def __call__(self, sample: jax.Array, sample_posterior: bool = False, rng: jax.Array | None = None) -> DecoderOutput:
+        """Encode then decode: the posterior's mode, or a draw with ``rng`` (default: the "sample" rng stream)."""
+        posterior = self.encode(sample).latent_dist
+        if sample_posterior:
+            z = posterior.sample(rng if rng is not None else self.make_rng("sample"))
+        else:
+            z = posterior.mode()
+        return self.decode(z)
+
+    def init_args(self) -> tuple:
+        # The smallest size that survives every stride-2 downsampling; param shapes do not depend on it.
+        size = 2 ** (len(self.config.block_out_channels) - 1)
+        return (jnp.zeros((1, size, size, self.config.in_channels), self.dtype),)

@@ -1,0 +1,199 @@
+"""Convolutional building blocks shared by the VAEs and UNets: resnet block, down- and upsampling.
+
+Everything is channels last (NHWC). Module and parameter names mirror diffusers'
+(``norm1``, ``conv1``, ``time_emb_proj``, ``norm2``, ``conv2``, ``conv_shortcut``; the sampling
+layers' convolution is ``conv``), so diffusers' state dicts convert with the default key rule.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = ["get_activation", "group_norm", "conv2d", "ResnetBlock2D", "Downsample2D", "Upsample2D", "upsample_nearest"]
+
+
+def _mish(x: jax.Array) -> jax.Array:
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "swish": jax.nn.silu,
+    "silu": jax.nn.silu,
+    "mish": _mish,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU() is the exact erf form
+    "relu": jax.nn.relu,
+}
+
+
+def get_activation(act_fn: str) -> Callable[[jax.Array], jax.Array]:
+    """diffusers' activation names (``swish``, ``silu``, ``mish``, ``gelu``, ``relu``; any case) -> function."""
+    try:
+        return _ACTIVATIONS[act_fn.lower()]
+    except KeyError:
+        raise ValueError(f"unknown activation function {act_fn!r}; known: {sorted(_ACTIVATIONS)}") from None
+
+
+def group_norm(num_groups: int, eps: float, dtype: Any, name: str) -> nn.GroupNorm:
+    """``torch.nn.GroupNorm(num_groups, C, eps, affine=True)`` on NHWC inputs.
+
+    Statistics are computed in float32 even for bfloat16 inputs (flax's default) and with the
+    two-pass variance E[(x - E[x])^2], as torch does.
+    """
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+
+
+def conv2d(features: int, kernel_size: int, *, stride: int = 1, padding: int = 0, use_bias: bool = True,
+           dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
+    """``torch.nn.Conv2d(..., kernel_size, stride, padding)`` on NHWC inputs (symmetric zero padding)."""
+    return nn.Conv(
+        features, (kernel_size, kernel_size), strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)), use_bias=use_bias, dtype=dtype, name=name,
+    )
+
+
+def upsample_nearest(x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
+    """``F.interpolate(mode="nearest")`` on NHWC: 2x by default, or to ``output_size`` (height, width)."""
+    if output_size is None:
+        return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    (h, w), (oh, ow) = x.shape[1:3], output_size
+    # torch's "nearest": source index floor(dst * in / out), clipped to the last row/column.
+    rows = jnp.minimum(jnp.floor(jnp.arange(oh) * (h / oh)).astype(jnp.int32), h - 1)
+    cols = jnp.minimum(jnp.floor(jnp.arange(ow) * (w / ow)).astype(jnp.int32), w - 1)
+    return x[:, rows][:, :, cols]
+
+
+class Downsample2D(nn.Module):
+    """diffusers' ``Downsample2D``: 2x spatial downsampling of NHWC input.
+
+    With ``use_conv`` a stride-2 convolution named ``conv``; ``padding=0`` pads one row and column
+    at the bottom and right first (as diffusers does for the VAE). Without it, 2x2 average pooling.
+    Takes (B, H, W, C), returns (B, H/2, W/2, out_channels or C).
+    """
+
+    use_conv: bool = False
+    out_channels: int | None = None
+    padding: int = 1
+    kernel_size: int = 3
+    bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array) -> jax.Array:
+        if not self.use_conv:
+            if self.out_channels is not None and self.out_channels != hidden_states.shape[-1]:
+                raise ValueError("Downsample2D: out_channels must equal the input channels when use_conv is False")
+            return nn.avg_pool(hidden_states, (2, 2), strides=(2, 2), padding="VALID")
+        if self.padding == 0:
+            hidden_states = jnp.pad(hidden_states, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        features = self.out_channels or hidden_states.shape[-1]
+        return conv2d(features, self.kernel_size, stride=2, padding=self.padding, use_bias=self.bias,
+                      dtype=self.dtype, name="conv")(hidden_states)
+
+
+class Upsample2D(nn.Module):
+    """diffusers' ``Upsample2D`` (interpolating form): nearest-neighbour 2x, then an optional 3x3 conv named ``conv``.
+
+    Takes (B, H, W, C) and optional ``output_size`` (height, width) that replaces the 2x (the UNet
+    passes it when a skip connection has an odd size). Returns (B, 2H, 2W, out_channels or C).
+    """
+
+    use_conv: bool = False
+    out_channels: int | None = None
+    kernel_size: int = 3
+    padding: int = 1
+    bias: bool = True
+    interpolate: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, hidden_states: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:
+        if self.interpolate:
+            hidden_states = upsample_nearest(hidden_states, output_size)
+        if self.use_conv:
+            features = self.out_channels or hidden_states.shape[-1]
+            hidden_states = conv2d(features, self.kernel_size, padding=self.padding, use_bias=self.bias,
+                                   dtype=self.dtype, name="conv")(hidden_states)
+        return hidden_states
+
+
+class ResnetBlock2D(nn.Module):
+    """diffusers' ``ResnetBlock2D`` on NHWC input.
+
+    norm1 -> act -> (up/down) -> conv1 -> (+ time embedding) -> norm2 -> act -> conv2, plus the
+    (optionally 1x1-projected) shortcut, divided by ``output_scale_factor``.
+    ``time_embedding_norm="default"`` adds ``time_emb_proj(act(temb))`` before norm2;
+    ``"scale_shift"`` projects to 2 * out_channels and applies ``norm2(h) * (1 + scale) + shift``.
+    ``temb_channels=None`` builds no ``time_emb_proj`` (the VAE); the input width of the projection
+    is taken from ``temb`` itself. ``up``/``down`` resample both paths with parameter-free nearest
+    upsampling / 2x2 average pooling (diffusers' ResnetUpsampleBlock2D / ResnetDownsampleBlock2D).
+    Dropout is omitted (inference only).
+
+    Call: ``(input_tensor (B, H, W, C_in), temb (B, temb_channels) or None) -> (B, H', W', C_out)``.
+    """
+
+    out_channels: int | None = None
+    temb_channels: int | None = 512
+    groups: int = 32
+    groups_out: int | None = None
+    eps: float = 1e-6
+    non_linearity: str = "swish"
+    skip_time_act: bool = False
+    time_embedding_norm: str = "default"
+    output_scale_factor: float = 1.0
+    use_in_shortcut: bool | None = None
+    up: bool = False
+    down: bool = False
+    conv_shortcut_bias: bool = True
+    conv_2d_out_channels: int | None = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_tensor: jax.Array, temb: jax.Array | None = None) -> jax.Array:
+        if self.time_embedding_norm not in ("default", "scale_shift"):
+            raise ValueError(f"ResnetBlock2D: unsupported time_embedding_norm {self.time_embedding_norm!r} "
+                             "(supported: 'default', 'scale_shift')")
+        act = get_activation(self.non_linearity)
+        in_channels = input_tensor.shape[-1]
+        out_channels = self.out_channels or in_channels
+        conv_2d_out = self.conv_2d_out_channels or out_channels
+        groups_out = self.groups_out if self.groups_out is not None else self.groups
+
+        hidden_states = act(group_norm(self.groups, self.eps, self.dtype, "norm1")(input_tensor))
+        if self.up:
+            input_tensor = upsample_nearest(input_tensor)
+            hidden_states = upsample_nearest(hidden_states)
+        elif self.down:
+            input_tensor = Downsample2D(dtype=self.dtype)(input_tensor)
+            hidden_states = Downsample2D(dtype=self.dtype)(hidden_states)
+        hidden_states = conv2d(out_channels, 3, padding=1, dtype=self.dtype, name="conv1")(hidden_states)
+
+        if self.temb_channels is None:
+            temb = None  # no time_emb_proj: the block is unconditioned (VAE)
+        if temb is not None:
+            if not self.skip_time_act:
+                temb = act(temb)
+            width = 2 * out_channels if self.time_embedding_norm == "scale_shift" else out_channels
+            temb = nn.Dense(width, dtype=self.dtype, name="time_emb_proj")(temb)[:, None, None, :]
+        elif self.time_embedding_norm == "scale_shift":
+            raise ValueError("ResnetBlock2D: `temb` and `temb_channels` are required with time_embedding_norm='scale_shift'")
+
+        norm2 = group_norm(groups_out, self.eps, self.dtype, "norm2")
+        if self.time_embedding_norm == "default":
+            if temb is not None:
+                hidden_states = hidden_states + temb
+            hidden_states = norm2(hidden_states)
+        else:
+            time_scale, time_shift = jnp.split(temb, 2, axis=-1)
+            hidden_states = norm2(hidden_states) * (1 + time_scale) + time_shift
+        hidden_states = act(hidden_states)
+        hidden_states = conv2d(conv_2d_out, 3, padding=1, dtype=self.dtype, name="conv2")(hidden_states)
+
+        use_shortcut = in_channels != conv_2d_out if self.use_in_shortcut is None else self.use_in_shortcut
+        if use_shortcut:
+            input_tensor = conv2d(conv_2d_out, 1, use_bias=self.conv_shortcut_bias, dtype=self.dtype,
+                                  name="conv_shortcut")(input_tensor)
+        return (input_tensor + hidden_states) / self.output_scale_factor

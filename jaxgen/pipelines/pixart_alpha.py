@@ -1,0 +1,403 @@
+"""PixArtAlphaPipeline: T5 prompt encoding, a compiled DPM-Solver/DDIM/DDPM loop over the PixArt
+transformer, and AutoencoderKL decoding, with diffusers' arguments, defaults and checks.
+
+The whole denoising loop is one XLA program per (shapes, step count, scheduler, guidance on/off):
+``lax.fori_loop`` over steps with the scheduler state in the carry, classifier-free guidance as
+one batched call (unconditional half first, as diffusers), no host round trip per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.image_processing import postprocess, resize_and_crop
+from jaxgen.models.autoencoder_kl import AutoencoderKL
+from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
+from jaxgen.pipelines import progress
+from jaxgen.pipelines.aspect_ratio_bins import (
+    ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, classify_height_width_bin,
+)
+from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, unbind
+from jaxgen.text.captions import text_preprocessing
+from jaxgen.text.t5 import T5EncoderModel
+
+__all__ = ["PixArtAlphaPipeline", "encode_text", "decode_latents"]
+
+logger = logging.getLogger(__name__)
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def encode_text(module: Any, params: Any, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """T5 (or any text encoder with ``last_hidden_state``): (B, L) ids and mask -> (B, L, D) embeddings."""
+    return module.apply({"params": params}, input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def decode_latents(module: Any, params: Any, latents: jax.Array) -> jax.Array:
+    """AutoencoderKL: scaled latents (B, h, w, C) -> images (B, 8h, 8w, 3) in about [-1, 1], float32."""
+    z = latents / module.config.scaling_factor
+    return module.apply({"params": params}, z.astype(module.dtype), method="decode").sample.astype(jnp.float32)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("transformer", "scheduler", "do_cfg", "eta", "show_progress", "callback", "callback_steps")
+)
+def _denoise(
+    transformer: Any,
+    scheduler: Any,
+    params: Any,
+    latents: jax.Array,
+    state: Any,
+    prompt_embeds: jax.Array,
+    prompt_attention_mask: jax.Array,
+    added_cond_kwargs: dict[str, jax.Array] | None,
+    guidance_scale: jax.Array,
+    key: jax.Array,
+    *,
+    do_cfg: bool,
+    eta: float | None,
+    show_progress: bool,
+    callback: Callable | None,
+    callback_steps: int,
+) -> jax.Array:
+    """The sampling loop: latents (B, h, w, C) noise -> denoised latents; embeds carry both CFG halves."""
+    num_steps = state.timesteps.shape[0]
+    latent_channels = latents.shape[-1]
+    step_kwargs = {} if eta is None else {"eta": eta}
+
+    def body(i, carry):
+        latents, state = carry
+        t = state.timesteps[i]
+        model_input = jnp.concatenate([latents, latents]) if do_cfg else latents
+        model_input = scheduler.scale_model_input(state, model_input, t)
+        timestep = jnp.broadcast_to(t, (model_input.shape[0],))
+        noise_pred = transformer.apply(
+            {"params": params},
+            model_input.astype(transformer.dtype),
+            encoder_hidden_states=prompt_embeds,
+            timestep=timestep,
+            added_cond_kwargs=added_cond_kwargs,
+            encoder_attention_mask=prompt_attention_mask,
+        ).sample.astype(jnp.float32)
+        if do_cfg:
+            uncond, text = jnp.split(noise_pred, 2)
+            noise_pred = uncond + guidance_scale * (text - uncond)
+        # learned sigma: the transformer predicts (epsilon, variance); the solvers use epsilon only
+        if noise_pred.shape[-1] == 2 * latent_channels:
+            noise_pred = noise_pred[..., :latent_channels]
+        latents, state = scheduler.step(state, noise_pred, t, latents, jax.random.fold_in(key, i), **step_kwargs)
+        if show_progress:
+            progress.tick(i)
+        if callback is not None:
+            jax.lax.cond(i % callback_steps == 0, lambda: jax.debug.callback(callback, i, t, latents), lambda: None)
+        return latents, state
+
+    latents, _ = jax.lax.fori_loop(0, num_steps, body, (latents, state))
+    return latents
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
+def _as_batch(x: Any, name: str, ndim: int) -> jax.Array:
+    arr = jnp.asarray(x)
+    if arr.ndim != ndim:
+        raise ValueError(f"`{name}` must have {ndim} dimensions, got shape {tuple(arr.shape)}")
+    return arr
+
+
+class PixArtAlphaPipeline(DiffusionPipeline):
+    """PixArt-α text-to-image: ``pipe(prompt) -> ImagePipelineOutput(images=...)``.
+
+    Components (as diffusers): ``tokenizer`` (transformers T5 tokenizer), ``text_encoder``
+    (``T5EncoderModel``), ``vae`` (``AutoencoderKL``), ``transformer`` (``PixArtTransformer2DModel``),
+    ``scheduler`` (``DPMSolverMultistepScheduler`` or any jaxgen scheduler).
+    """
+
+    _components = {
+        "tokenizer": ComponentSpec("tokenizer", optional=True),
+        "text_encoder": ComponentSpec("model", T5EncoderModel, ("T5EncoderModel",), optional=True),
+        "vae": ComponentSpec("model", AutoencoderKL, ("AutoencoderKL",), optional=True),
+        "transformer": ComponentSpec("model", PixArtTransformer2DModel, ("Transformer2DModel", "PixArtTransformer2DModel")),
+        "scheduler": ComponentSpec("scheduler"),
+    }
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent pixel: 2 ** (number of VAE levels - 1), 8 without a VAE (as diffusers)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 8
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        do_classifier_free_guidance: bool = True,
+        negative_prompt: str | list[str] = "",
+        num_images_per_prompt: int = 1,
+        prompt_embeds: Any = None,
+        negative_prompt_embeds: Any = None,
+        prompt_attention_mask: Any = None,
+        negative_prompt_attention_mask: Any = None,
+        clean_caption: bool = False,
+        max_sequence_length: int = 120,
+        **kwargs: Any,
+    ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
+        """T5 embeddings of the prompt and (with guidance) the negative prompt, repeated per image.
+
+        Returns ``(prompt_embeds (B*n, L, D), prompt_attention_mask (B*n, L), negative_prompt_embeds,
+        negative_prompt_attention_mask)``, the negatives None without guidance: diffusers' values.
+        """
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = self._encode_text(
+                text_preprocessing(prompt, clean_caption=clean_caption), max_sequence_length, warn_truncation=True
+            )
+        else:
+            prompt_embeds = _as_batch(prompt_embeds, "prompt_embeds", 3)
+            prompt_attention_mask = _as_batch(prompt_attention_mask, "prompt_attention_mask", 2)
+        dtype = self._embeds_dtype()
+        batch = prompt_embeds.shape[0]
+        prompt_embeds = jnp.repeat(prompt_embeds.astype(dtype), num_images_per_prompt, axis=0)
+        prompt_attention_mask = jnp.repeat(prompt_attention_mask, num_images_per_prompt, axis=0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, prompt_attention_mask, None, None
+        if negative_prompt_embeds is None:
+            uncond = [negative_prompt] * batch if isinstance(negative_prompt, str) else negative_prompt
+            negative_prompt_embeds, negative_prompt_attention_mask = self._encode_text(
+                text_preprocessing(uncond, clean_caption=clean_caption), prompt_embeds.shape[1]
+            )
+        else:
+            negative_prompt_embeds = _as_batch(negative_prompt_embeds, "negative_prompt_embeds", 3)
+            negative_prompt_attention_mask = _as_batch(negative_prompt_attention_mask, "negative_prompt_attention_mask", 2)
+        negative_prompt_embeds = jnp.repeat(negative_prompt_embeds.astype(dtype), num_images_per_prompt, axis=0)
+        negative_prompt_attention_mask = jnp.repeat(negative_prompt_attention_mask, num_images_per_prompt, axis=0)
+        return prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask
+
+    def _embeds_dtype(self) -> Any:
+        for component in (self.text_encoder, self.transformer):
+            if component is not None:
+                return component.dtype
+        return jnp.float32
+
+    def _encode_text(self, texts: list[str], max_length: int, warn_truncation: bool = False) -> tuple[jax.Array, jax.Array]:
+        if self.tokenizer is None or self.text_encoder is None:
+            raise ValueError(
+                "this pipeline was loaded without `tokenizer`/`text_encoder`: pass `prompt_embeds` and "
+                "`prompt_attention_mask` (and the negative ones when guidance_scale > 1)"
+            )
+        inputs = self.tokenizer(
+            texts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
+            return_tensors="np",
+        )
+        if warn_truncation:
+            untruncated = self.tokenizer(texts, padding="longest", return_tensors="np").input_ids
+            if untruncated.shape[-1] >= inputs.input_ids.shape[-1] and not np.array_equal(inputs.input_ids, untruncated):
+                removed = self.tokenizer.batch_decode(untruncated[:, max_length - 1 : -1])
+                logger.warning(
+                    "The following part of your input was truncated because T5 can only handle sequences up to"
+                    f" {max_length} tokens: {removed}"
+                )
+        module, params = unbind(self.text_encoder)
+        mask = jnp.asarray(inputs.attention_mask, jnp.int32)
+        embeds = encode_text(module, params, jnp.asarray(inputs.input_ids, jnp.int32), mask)
+        return embeds, mask
+
+    def check_inputs(
+        self, prompt, height, width, negative_prompt, callback_steps, prompt_embeds=None, negative_prompt_embeds=None,
+        prompt_attention_mask=None, negative_prompt_attention_mask=None,
+    ) -> None:
+        """diffusers' checks, same messages; raised before anything is encoded or compiled."""
+        if height % 8 != 0 or width % 8 != 0:
+            raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
+        if callback_steps is None or not isinstance(callback_steps, int) or callback_steps <= 0:
+            raise ValueError(
+                f"`callback_steps` has to be a positive integer but is {callback_steps} of type {type(callback_steps)}."
+            )
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
+                " only forward one of the two."
+            )
+        if prompt is None and prompt_embeds is None:
+            raise ValueError(
+                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
+            )
+        if prompt is not None and not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        if prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `prompt`: {prompt} and `negative_prompt_embeds`:"
+                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
+            )
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError(
+                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
+                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
+            )
+        if prompt_embeds is not None and prompt_attention_mask is None:
+            raise ValueError("Must provide `prompt_attention_mask` when specifying `prompt_embeds`.")
+        if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
+            raise ValueError("Must provide `negative_prompt_attention_mask` when specifying `negative_prompt_embeds`.")
+        if prompt_embeds is not None and negative_prompt_embeds is not None:
+            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
+                raise ValueError(
+                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
+                    f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
+                    f" {np.shape(negative_prompt_embeds)}."
+                )
+            if np.shape(prompt_attention_mask) != np.shape(negative_prompt_attention_mask):
+                raise ValueError(
+                    "`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same shape when passed"
+                    f" directly, but got: `prompt_attention_mask` {np.shape(prompt_attention_mask)} !="
+                    f" `negative_prompt_attention_mask` {np.shape(negative_prompt_attention_mask)}."
+                )
+
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] = "",
+        num_inference_steps: int = 20,
+        timesteps: Sequence[int] | None = None,
+        sigmas: Sequence[float] | None = None,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        height: int | None = None,
+        width: int | None = None,
+        eta: float = 0.0,
+        rng: Any = None,
+        latents: Any = None,
+        prompt_embeds: Any = None,
+        prompt_attention_mask: Any = None,
+        negative_prompt_embeds: Any = None,
+        negative_prompt_attention_mask: Any = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback: Callable[[int, int, Any], None] | None = None,
+        callback_steps: int = 1,
+        clean_caption: bool = True,
+        use_resolution_binning: bool = True,
+        max_sequence_length: int = 120,
+        **kwargs: Any,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate images from text.
+
+        Arguments are diffusers' (``generator`` becomes ``rng``: an int seed or a ``jax.random``
+        key). ``latents``: the initial noise, (batch * num_images_per_prompt, height // 8,
+        width // 8, 4), channels last. ``output_type``: "pil" (list of PIL images), "np" (float32
+        NHWC in [0, 1]) or "latent" (NHWC latents). Returns ``ImagePipelineOutput(images=...)``,
+        or ``(images,)`` with ``return_dict=False``.
+        """
+        if "generator" in kwargs:
+            raise TypeError("jaxgen pipelines take `rng` (an int seed or a jax.random key) instead of `generator`")
+        kwargs.pop("mask_feature", None)  # deprecated in diffusers, no effect
+        if kwargs:
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
+        sample_size = self.transformer.config.sample_size
+        height = height or sample_size * self.vae_scale_factor
+        width = width or sample_size * self.vae_scale_factor
+        orig_height, orig_width = height, width
+        if use_resolution_binning:
+            bins = {128: ASPECT_RATIO_1024_BIN, 64: ASPECT_RATIO_512_BIN, 32: ASPECT_RATIO_256_BIN}.get(sample_size)
+            if bins is None:
+                raise ValueError("Invalid sample size")
+            height, width = classify_height_width_bin(height, width, ratios=bins)
+        self.check_inputs(
+            prompt, height, width, negative_prompt, callback_steps, prompt_embeds, negative_prompt_embeds,
+            prompt_attention_mask, negative_prompt_attention_mask,
+        )
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` has to be a positive integer but is {num_images_per_prompt}.")
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` has to be >= 0 (1 or less turns guidance off) but is {guidance_scale}.")
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"`output_type` has to be one of 'pil', 'np', 'latent' but is {output_type!r}.")
+        if timesteps is None and sigmas is None and (not isinstance(num_inference_steps, int) or num_inference_steps < 1):
+            raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps}.")
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
+        if output_type != "latent" and self.vae is None:
+            raise ValueError("this pipeline was loaded with `vae=None`: use output_type='latent'")
+
+        if prompt is not None:
+            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+        else:
+            batch_size = np.shape(prompt_embeds)[0]
+        total = batch_size * num_images_per_prompt
+        latent_channels = self.transformer.config.in_channels
+        latent_shape = (total, height // self.vae_scale_factor, width // self.vae_scale_factor, latent_channels)
+        if latents is not None and tuple(np.shape(latents)) != latent_shape:
+            raise ValueError(f"`latents` must have shape {latent_shape} (channels last), got {tuple(np.shape(latents))}")
+
+        state = self._set_timesteps(num_inference_steps, timesteps, sigmas, latent_shape)
+        do_cfg = guidance_scale > 1.0
+        embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
+            prompt, do_cfg, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
+            clean_caption=clean_caption, max_sequence_length=max_sequence_length,
+        )
+        if do_cfg:
+            embeds = jnp.concatenate([neg_embeds, embeds])
+            mask = jnp.concatenate([neg_mask, mask])
+
+        key = as_key(rng)
+        noise_key, step_key = jax.random.split(key)
+        module, params = unbind(self.transformer)
+        if latents is None:
+            latents = jax.random.normal(noise_key, latent_shape, jnp.float32)
+        latents = jnp.asarray(latents, jnp.float32) * self.scheduler.init_noise_sigma
+
+        added_cond_kwargs = None
+        if sample_size == 128:  # the 1024 checkpoints' resolution and aspect-ratio micro-conditions
+            rows = embeds.shape[0]
+            added_cond_kwargs = {
+                "resolution": jnp.tile(jnp.asarray([[height, width]], module.dtype), (rows, 1)),
+                "aspect_ratio": jnp.full((rows, 1), float(height / width), module.dtype),
+            }
+
+        show_progress = not self._progress_bar_config.get("disable", False)
+        bar = self._progress(int(state.timesteps.shape[0])) if show_progress else None
+        run = functools.partial(
+            _denoise, module, self.scheduler, params, latents, state, embeds.astype(module.dtype), mask,
+            added_cond_kwargs, jnp.float32(guidance_scale), step_key, do_cfg=do_cfg,
+            eta=float(eta) if _accepts(self.scheduler.step, "eta") else None,
+            show_progress=show_progress, callback=callback, callback_steps=callback_steps,
+        )
+        if bar is not None:
+            with progress.active(bar):
+                latents = jax.block_until_ready(run())
+        else:
+            latents = run()
+
+        if output_type == "latent":
+            images = latents
+        else:
+            vae_module, vae_params = unbind(self.vae)
+            images = decode_latents(vae_module, vae_params, latents)
+            if use_resolution_binning and (orig_height, orig_width) != (height, width):
+                images = resize_and_crop(images, orig_width, orig_height)
+            images = postprocess(images, output_type)
+        return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def _set_timesteps(self, num_inference_steps, timesteps, sigmas, shape) -> Any:
+        if sigmas is not None:
+            if not _accepts(self.scheduler.set_timesteps, "sigmas"):
+                raise ValueError(
+                    f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
+                    " sigmas schedules. Please check whether you are using the correct scheduler."
+                )
+            return self.scheduler.set_timesteps(sigmas=list(sigmas), shape=shape)
+        if timesteps is not None:
+            if not _accepts(self.scheduler.set_timesteps, "timesteps"):
+                raise ValueError(
+                    f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
+                    " timestep schedules. Please check whether you are using the correct scheduler."
+                )
+            return self.scheduler.set_timesteps(timesteps=list(timesteps), shape=shape)
+        return self.scheduler.set_timesteps(num_inference_steps, shape=shape)
