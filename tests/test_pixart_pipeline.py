@@ -207,3 +207,35 @@ def test_resolution_binning_and_resize_back_match_diffusers(tiny_pixart_256):
         ref = torch_pipe(latents=torch.from_numpy(nhwc_to_nchw(latents).copy()), **common).images
     assert ours.shape == ref.shape == (1, 200, 300, 3)
     assert rel_l2(ours, ref) < 1e-4
+
+
+def test_bfloat16_pipeline_is_close_to_float32(tiny_pixart, jax_pipe):
+    from jaxgen import PixArtAlphaPipeline
+
+    folder, _ = tiny_pixart
+    pipe = PixArtAlphaPipeline.from_pretrained(folder, dtype=jnp.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.variables["params"]["proj_out"]["kernel"].dtype == jnp.bfloat16
+    latents = np.random.default_rng(7).standard_normal((1, 8, 8, 4)).astype(np.float32)
+    call = dict(prompt="a photo of a cat", height=16, width=16, num_inference_steps=STEPS, output_type="np",
+                use_resolution_binning=False, latents=latents)
+    low = pipe(**call).images
+    high = jax_pipe(**call).images
+    assert low.dtype == np.float32 and np.isfinite(low).all()
+    assert rel_l2(low, high) < 5e-2
+
+
+def test_custom_timesteps_match_diffusers_and_unsupported_ones_fail(tiny_pixart, jax_pipe):
+    from jaxgen import DDIMScheduler, PixArtAlphaPipeline
+
+    ours, ref = _run_both(
+        tiny_pixart, jax_pipe, prompt="a photo of a cat", height=16, width=16, guidance_scale=4.5,
+        num_images_per_prompt=1, timesteps=[999, 700, 300],
+    )
+    assert rel_l2(ours, ref) < 1e-4
+    pipe = PixArtAlphaPipeline(**jax_pipe.components)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="custom timestep schedules"):
+        pipe("a photo of a cat", timesteps=[999, 500], height=16, width=16, use_resolution_binning=False)
+    with pytest.raises(ValueError, match="custom"):
+        jax_pipe("a photo of a cat", sigmas=[1.0, 0.5], height=16, width=16, use_resolution_binning=False)
