@@ -111,6 +111,22 @@ def test_legacy_attention_names_convert(tiny_vae):
         np.testing.assert_array_equal(flatten_paths(renamed)[path], np.asarray(value))
 
 
+def test_legacy_attention_names_load_through_from_pretrained(tiny_vae, tmp_path):
+    from safetensors.numpy import save_file
+
+    model, module, params, _, folder = tiny_vae
+    legacy = {}
+    for key, value in model.state_dict().items():
+        for new, old in {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}.items():
+            key = key.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
+        legacy[key] = value.numpy()
+    save_file(legacy, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text((folder / "config.json").read_text())
+    _, loaded = AutoencoderKL.from_pretrained(tmp_path)
+    for path, value in flatten_paths(params).items():
+        np.testing.assert_array_equal(np.asarray(flatten_paths(loaded)[path]), np.asarray(value))
+
+
 # ---------------------------------------------------------------------------------------------
 # The posterior
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import dot_product_attention
 from jaxgen.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv2d, get_activation, group_norm
@@ -173,11 +174,11 @@ class VAEAttention(nn.Module):
         inner = self.heads * self.dim_head
 
         def project(name: str) -> jax.Array:
-            y = nn.Dense(inner, dtype=self.dtype, name=name)(hidden_states)
+            y = Dense(inner, dtype=self.dtype, name=name)(hidden_states)
             return y.reshape(b, h * w, self.heads, self.dim_head)
 
         out = dot_product_attention(project("to_q"), project("to_k"), project("to_v")).reshape(b, h * w, inner)
-        out = nn.Dense(c, dtype=self.dtype, name="to_out.0")(out).reshape(b, h, w, c)
+        out = Dense(c, dtype=self.dtype, name="to_out.0")(out).reshape(b, h, w, c)
         if self.residual_connection:
             out = out + residual
         return out / self.rescale_output_factor

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.embeddings import PatchEmbed, PixArtAlphaCombinedTimestepSizeEmbeddings, PixArtAlphaTextProjection
@@ -133,7 +134,7 @@ class AdaLayerNormSingle(nn.Module):
         emb = PixArtAlphaCombinedTimestepSizeEmbeddings(
             self.embedding_dim, self.embedding_dim // 3, self.use_additional_conditions, dtype=self.dtype, name="emb"
         )(timestep, added.get("resolution"), added.get("aspect_ratio"))
-        out = nn.Dense(6 * self.embedding_dim, dtype=self.dtype, name="linear")(jax.nn.silu(emb))
+        out = Dense(6 * self.embedding_dim, dtype=self.dtype, name="linear")(jax.nn.silu(emb))
         return out, emb
 
 
@@ -255,7 +256,7 @@ class PixArtTransformer2DModel(nn.Module, PretrainedModel):
         shift, scale = jnp.split(table[None].astype(self.dtype) + embedded_timestep[:, None], 2, axis=1)
         hidden_states = layer_norm(1e-6, False, self.dtype, "norm_out")(hidden_states)
         hidden_states = hidden_states * (1 + scale) + shift
-        hidden_states = nn.Dense(p * p * out_channels, dtype=self.dtype, name="proj_out")(hidden_states)
+        hidden_states = Dense(p * p * out_channels, dtype=self.dtype, name="proj_out")(hidden_states)
 
         # unpatchify: token (h, w) holds a p x p x C patch -> (B, H, W, C)
         hidden_states = hidden_states.reshape(batch, height, width, p, p, out_channels)

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.linear import Dense
+
 __all__ = ["dot_product_attention", "Attention", "key_padding_mask"]
 
 _MASKED = -1e30  # finite, so a row that masks everything gives a uniform average rather than NaN
@@ -102,7 +104,7 @@ class Attention(nn.Module):
                  attention_mask: jax.Array | None = None) -> jax.Array:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         inner = self.heads * self.dim_head
-        dense = lambda features, use_bias, name: nn.Dense(features, use_bias=use_bias, dtype=self.dtype, name=name)
+        dense = lambda features, use_bias, name: Dense(features, use_bias=use_bias, dtype=self.dtype, name=name)
         b, lq, _ = hidden_states.shape
         q = dense(inner, self.bias, "to_q")(hidden_states).reshape(b, lq, self.heads, self.dim_head)
         k = dense(inner, self.bias, "to_k")(context).reshape(b, context.shape[1], self.heads, self.dim_head)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.nn.linear import Conv, Dense
+
 __all__ = [
     "get_activation",
     "get_timestep_embedding",
@@ -170,12 +172,12 @@ class TimestepEmbedding(nn.Module):
     @nn.compact
     def __call__(self, sample: jax.Array, condition: jax.Array | None = None) -> jax.Array:
         if self.cond_proj_dim is not None and condition is not None:
-            sample = sample + nn.Dense(sample.shape[-1], use_bias=False, dtype=self.dtype, name="cond_proj")(condition)
-        sample = nn.Dense(self.time_embed_dim, use_bias=self.sample_proj_bias, dtype=self.dtype, name="linear_1")(sample)
+            sample = sample + Dense(sample.shape[-1], use_bias=False, dtype=self.dtype, name="cond_proj")(condition)
+        sample = Dense(self.time_embed_dim, use_bias=self.sample_proj_bias, dtype=self.dtype, name="linear_1")(sample)
         if self.act_fn is not None:
             sample = get_activation(self.act_fn)(sample)
         out_dim = self.out_dim if self.out_dim is not None else self.time_embed_dim
-        sample = nn.Dense(out_dim, use_bias=self.sample_proj_bias, dtype=self.dtype, name="linear_2")(sample)
+        sample = Dense(out_dim, use_bias=self.sample_proj_bias, dtype=self.dtype, name="linear_2")(sample)
         if self.post_act_fn is not None:
             sample = get_activation(self.post_act_fn)(sample)
         return sample
@@ -207,7 +209,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"Unsupported pos_embed_type: {self.pos_embed_type!r}")
         p = self.patch_size
         h, w = latent.shape[1] // p, latent.shape[2] // p
-        x = nn.Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", use_bias=self.bias,
+        x = Conv(self.embed_dim, (p, p), strides=(p, p), padding="VALID", use_bias=self.bias,
                     dtype=self.dtype, name="proj")(latent)
         if self.layer_norm:
             x = nn.LayerNorm(epsilon=1e-6, use_scale=False, use_bias=False, use_fast_variance=False,
@@ -243,9 +245,9 @@ class PixArtAlphaTextProjection(nn.Module):
             act = lambda x: jax.nn.silu(x.astype(jnp.float32)).astype(x.dtype)
         else:
             raise ValueError(f"Unknown activation function: act_fn={self.act_fn!r}")
-        x = nn.Dense(self.hidden_size, dtype=self.dtype, name="linear_1")(caption)
+        x = Dense(self.hidden_size, dtype=self.dtype, name="linear_1")(caption)
         x = act(x)
-        return nn.Dense(self.out_features or self.hidden_size, dtype=self.dtype, name="linear_2")(x)
+        return Dense(self.out_features or self.hidden_size, dtype=self.dtype, name="linear_2")(x)
 
 
 class PixArtAlphaCombinedTimestepSizeEmbeddings(nn.Module):

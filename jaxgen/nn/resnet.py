@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.linear import Conv, Dense
+
 __all__ = ["get_activation", "group_norm", "conv2d", "ResnetBlock2D", "Downsample2D", "Upsample2D", "upsample_nearest"]
 
 
@@ -49,7 +51,7 @@ def group_norm(num_groups: int, eps: float, dtype: Any, name: str) -> nn.GroupNo
 def conv2d(features: int, kernel_size: int, *, stride: int = 1, padding: int = 0, use_bias: bool = True,
            dtype: Any = jnp.float32, name: str | None = None) -> nn.Conv:
     """``torch.nn.Conv2d(..., kernel_size, stride, padding)`` on NHWC inputs (symmetric zero padding)."""
-    return nn.Conv(
+    return Conv(
         features, (kernel_size, kernel_size), strides=(stride, stride),
         padding=((padding, padding), (padding, padding)), use_bias=use_bias, dtype=dtype, name=name,
     )
@@ -177,7 +179,7 @@ class ResnetBlock2D(nn.Module):
             if not self.skip_time_act:
                 temb = act(temb)
             width = 2 * out_channels if self.time_embedding_norm == "scale_shift" else out_channels
-            temb = nn.Dense(width, dtype=self.dtype, name="time_emb_proj")(temb)[:, None, None, :]
+            temb = Dense(width, dtype=self.dtype, name="time_emb_proj")(temb)[:, None, None, :]
         elif self.time_embedding_norm == "scale_shift":
             raise ValueError("ResnetBlock2D: `temb` and `temb_channels` are required with time_embedding_norm='scale_shift'")
 

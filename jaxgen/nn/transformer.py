@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.nn.linear import Dense
 from jaxgen.nn.attention import Attention
 
 __all__ = ["layer_norm", "GELU", "GEGLU", "ApproximateGELU", "FeedForward", "BasicTransformerBlock"]
@@ -37,7 +38,7 @@ class GELU(nn.Module):
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         if self.approximate not in ("none", "tanh"):
             raise ValueError(f"GELU approximate={self.approximate!r}; expected 'none' or 'tanh'")
-        x = nn.Dense(self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
+        x = Dense(self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
         return jax.nn.gelu(x, approximate=self.approximate == "tanh")
 
 
@@ -50,7 +51,7 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        x = nn.Dense(2 * self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
+        x = Dense(2 * self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
         x, gate = jnp.split(x, 2, axis=-1)
         return x * jax.nn.gelu(gate, approximate=False)
 
@@ -64,7 +65,7 @@ class ApproximateGELU(nn.Module):
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        x = nn.Dense(self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
+        x = Dense(self.dim_out, use_bias=self.bias, dtype=self.dtype, name="proj")(hidden_states)
         return x * jax.nn.sigmoid(1.702 * x)
 
 
@@ -101,7 +102,7 @@ class FeedForward(nn.Module):
                 "expected 'gelu', 'gelu-approximate', 'geglu' or 'geglu-approximate'"
             )
         x = act(hidden_states)
-        return nn.Dense(self.dim_out or dim, use_bias=self.bias, dtype=self.dtype, name="net.2")(x)
+        return Dense(self.dim_out or dim, use_bias=self.bias, dtype=self.dtype, name="net.2")(x)
 
 
 class BasicTransformerBlock(nn.Module):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import dot_product_attention, key_padding_mask
 
@@ -188,7 +189,7 @@ class T5Attention(nn.Module):
             position_bias = T5RelativePositionBias(cfg, name="relative_attention_bias")(length)
         elif position_bias is None:
             raise ValueError("a T5Attention without relative_attention_bias needs the first block's position_bias")
-        dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
         inner = cfg.num_heads * cfg.d_kv
         q, k, v = (dense(inner, n)(x).reshape(b, length, cfg.num_heads, cfg.d_kv) for n in ("q", "k", "v"))
         # T5 folds 1/sqrt(d) into its initialisation: no scaling of q.k
@@ -205,7 +206,7 @@ class T5DenseGatedActDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
         act = _ACTIVATIONS[cfg.dense_act_fn]
         h = act(dense(cfg.d_ff, "wi_0")(x)) * dense(cfg.d_ff, "wi_1")(x)
         return dense(cfg.d_model, "wo")(h)
@@ -220,7 +221,7 @@ class T5DenseActDense(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
         return dense(cfg.d_model, "wo")(_ACTIVATIONS[cfg.dense_act_fn](dense(cfg.d_ff, "wi")(x)))
 
 
