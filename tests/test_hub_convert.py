@@ -171,3 +171,43 @@ def test_cli_generate_and_clear_errors(tiny_pixart, tmp_path):
     offline = subprocess.run([sys.executable, "-m", "jaxgen", "generate", "x", "--model", "nobody-has/this-model-xyz"],
                              cwd=REPO, capture_output=True, text=True, env=env)
     assert offline.returncode == 2 and "Hub" in offline.stderr and "Traceback" not in offline.stderr
+
+
+def test_sentencepiece_tokenizer_folder_as_on_the_hub(tmp_path):
+    """The Hub's PixArt/IF repos ship the slow format (spiece.model + tokenizer_config.json)."""
+    from tests.conftest import make_t5_tokenizer
+    from jaxgen.pipelines.pipeline_utils import _load_tokenizer
+
+    reference = make_t5_tokenizer(tmp_path / "spm")
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    shutil.copy(tmp_path / "spm" / "spiece.model", folder / "spiece.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "T5Tokenizer", "extra_ids": 0, "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}))
+    tokenizer = _load_tokenizer(folder, "T5Tokenizer")
+    texts = ["a cat on the moon", "the quick brown fox"]
+    assert tokenizer(texts).input_ids == reference(texts).input_ids
+
+
+def test_sharded_and_variant_checkpoints_load_through_the_pipeline(tiny_pixart, tmp_path):
+    from jaxgen import PixArtAlphaPipeline
+    from jaxgen.models import T5EncoderModel
+
+    folder, torch_pipe = tiny_pixart
+    torch_pipe.text_encoder.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    _, sharded = T5EncoderModel.from_pretrained(tmp_path / "sharded")
+    _, single = T5EncoderModel.from_pretrained(folder, subfolder="text_encoder")
+    for a, b in zip(jax.tree_util.tree_leaves(sharded), jax.tree_util.tree_leaves(single)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    torch_pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (tmp_path / "fp16" / "transformer" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    pipe = PixArtAlphaPipeline.from_pretrained(tmp_path / "fp16", variant="fp16")
+    reference = PixArtAlphaPipeline.from_pretrained(folder)
+    for name in ("transformer", "vae", "text_encoder"):
+        for a, b in zip(jax.tree_util.tree_leaves(getattr(pipe, name).variables),
+                        jax.tree_util.tree_leaves(getattr(reference, name).variables)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(hub.CheckpointError, match="variant"):
+        PixArtAlphaPipeline.from_pretrained(folder, variant="fp16")
