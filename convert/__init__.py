@@ -19,6 +19,11 @@ _KEY_MAPS = {
     "T5EncoderModel": "convert.t5",
     "AutoencoderKL": "convert.autoencoder_kl",
     "PixArtTransformer2DModel": "convert.pixart",
+    "UNet2DConditionModel": "convert.unet_2d_condition",
+    "CLIPTextModel": "convert.clip",
+    "CLIPTextModelWithProjection": "convert.clip",
+    "CLIPVisionModelWithProjection": "convert.clip",
+    "IFSafetyChecker": "convert.clip",
 }
 
 

@@ -20,6 +20,7 @@ _EXPORTS = {
     "AutoPipelineForInpainting": "jaxgen.pipelines.auto_pipeline",
     "DiffusionPipeline": "jaxgen.pipelines.pipeline_utils",
     "ImagePipelineOutput": "jaxgen.pipelines.pipeline_utils",
+    "set_compilation_cache": "jaxgen.pipelines.pipeline_utils",
     "DDPMScheduler": "jaxgen.schedulers",
     "DDIMScheduler": "jaxgen.schedulers",
     "DPMSolverMultistepScheduler": "jaxgen.schedulers",

@@ -1,4 +1,5 @@
-"""The ``jaxgen`` command: ``jaxgen generate "prompt" --model REPO_OR_FOLDER ...``."""
+"""The ``jaxgen`` command: ``jaxgen generate "prompt" --model REPO_OR_FOLDER ...`` and
+``jaxgen batch --model REPO_OR_FOLDER --prompts prompts.txt|.jsonl --out DIR ...``."""
 
 from __future__ import annotations
 
@@ -46,23 +47,76 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen.batch import generate_batch, read_prompts
+
+    read_prompts(args.prompts, seed=args.seed)  # a bad prompts file fails before anything loads
+    if args.distributed:
+        jax.distributed.initialize()
+    call = {"num_inference_steps": args.steps}
+    for name, value in (("height", args.height), ("width", args.width), ("guidance_scale", args.guidance)):
+        if value is not None:
+            call[name] = value
+    if args.no_resolution_binning:
+        call["use_resolution_binning"] = False
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    summary = generate_batch(
+        args.model, args.prompts, args.out, batch_size=args.batch_size, seed=args.seed,
+        num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt, dtype=dtype,
+        show_progress=not args.no_progress, process_index=args.process_index, process_count=args.process_count, **call,
+    )
+    print(
+        f"{summary.generated} images generated, {summary.skipped} already done, {summary.images} in all"
+        f" ({summary.jobs} prompts) in {summary.seconds:.1f} s ({summary.images_per_second:.2f} img/s);"
+        f" manifest: {summary.manifest}"
+    )
+    return 0
+
+
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    """The options `generate` and `batch` share."""
+    parser.add_argument("--model", required=True, help="Hub repo id, diffusers folder, or `python -m convert` folder")
+    parser.add_argument("--steps", type=int, default=20, help="number of denoising steps (default 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--num-images", type=int, default=1)
+    parser.add_argument("--no-resolution-binning", action="store_true",
+                        help="generate at exactly --height x --width instead of the nearest trained aspect-ratio bin")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgen", description="diffusers' text-to-image pipelines in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate images from a prompt")
     gen.add_argument("prompt")
-    gen.add_argument("--model", required=True, help="Hub repo id, diffusers folder, or `python -m convert` folder")
-    gen.add_argument("--steps", type=int, default=20, help="number of denoising steps (default 20)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
-    gen.add_argument("--negative-prompt", default=None)
-    gen.add_argument("--num-images", type=int, default=1)
-    gen.add_argument("--no-resolution-binning", action="store_true",
-                     help="generate at exactly --height x --width instead of the nearest trained aspect-ratio bin")
-    gen.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    _sampling_args(gen)
     gen.add_argument("--out", default="image.png", help="file (several images get -0, -1, ...) or folder")
+
+    batch = sub.add_parser(
+        "batch", help="generate a set of prompts into a folder, resumable",
+        description="Generate one PNG per prompt (per image) into --out, with the prompt, seed and settings in "
+        "its metadata and a manifest.jsonl line per finished image. Rerun the same command to resume after a "
+        "crash: finished images are kept, never redone. Job i's seed is its jsonl \"seed\", else --seed + i.",
+    )
+    batch.add_argument("--prompts", required=True,
+                       help=".txt (one prompt per line) or .jsonl ({\"prompt\", optional \"seed\", \"negative_prompt\", \"id\"})")
+    batch.add_argument("--out", required=True, help="output folder")
+    _sampling_args(batch)
+    batch.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+    batch.add_argument("--distributed", action="store_true",
+                       help="call jax.distributed.initialize() first (multi-host: each process takes every "
+                       "process_count-th prompt and writes manifest-<process_index>.jsonl)")
+    batch.add_argument("--process-index", type=int, default=None,
+                       help="split the set over independent runs by hand: this run's index (default: JAX's)")
+    batch.add_argument("--process-count", type=int, default=None, help="number of runs sharing the set (default: JAX's)")
     return parser
 
 
@@ -72,10 +126,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from jaxgen.hub import CheckpointError, HubError
 
     try:
+        if args.command == "batch":
+            return _batch(args)
         return _generate(args)
     except (HubError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"jaxgen: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "batch":
+            raise
+        print("jaxgen: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -133,6 +133,8 @@ class PretrainedModel:
         ``dtype`` is both the computation dtype and the params' dtype. ``variant="fp16"`` reads
         ``*.fp16.safetensors``. Weights are converted with the architecture's key map, which fails
         with a list of missing, unused and mis-shaped keys when the checkpoint does not match.
+        ``mesh``: place the params on a ``jax.sharding.Mesh`` by the partition rules
+        (``jaxgen.sharding``); None (default) puts them on one device.
         """
         root = hub.resolve_checkpoint(pretrained_model_name_or_path)
         folder = hub.component_folder(root, subfolder) if subfolder else Path(root)
@@ -140,25 +142,42 @@ class PretrainedModel:
         return module, module.load_params(folder, variant=variant, mesh=mesh)
 
     def load_params(self, folder: Path, variant: str | None = None, mesh: Any = None) -> Any:
-        """Params for this module from a component folder (safetensors, or converted orbax params)."""
+        """Params for this module from a component folder (safetensors, or converted orbax params).
+
+        ``mesh`` (a ``jax.sharding.Mesh``): each param goes straight into its shards by the
+        partition rules of ``jaxgen.sharding`` (replicated on a data-only mesh, split over
+        ``model`` where the rules say so); no device receives a whole model first. None: one
+        device, as for any jax array.
+        """
         from convert import ignored_keys, key_rule, prepare_state_dict
 
         shapes = self.param_shapes()
         dtype = self.dtype
-        orbax_dir = Path(folder) / ORBAX_PARAMS_DIR
-        if orbax_dir.is_dir():
-            params = load_orbax_params(orbax_dir, shapes, dtype=dtype)
-        else:
-            from convert.engine import convert_state_dict
-
-            name = type(self).__name__
-            state = prepare_state_dict(name, self.config, hub.load_state_dict(folder, variant=variant))
-            params = convert_state_dict(
-                state, shapes, key_rule(name, self.config), ignore=ignored_keys(name, self.config), dtype=dtype
-            )
-            params = jax.tree_util.tree_map(jnp.asarray, params)
+        shardings = None
         if mesh is not None:
             from jaxgen import sharding
 
-            params = sharding.place_params(params, mesh)
-        return params
+            shardings = sharding.param_shardings(self, mesh, shapes)
+        orbax_dir = Path(folder) / ORBAX_PARAMS_DIR
+        if orbax_dir.is_dir():
+            return load_orbax_params(orbax_dir, shapes, dtype=dtype, shardings=shardings)
+        from convert.engine import convert_state_dict
+
+        name = type(self).__name__
+        state = prepare_state_dict(name, self.config, hub.load_state_dict(folder, variant=variant))
+        # views of the memory-mapped checkpoint; each param is cast and copied only when placed
+        host = convert_state_dict(
+            state, shapes, key_rule(name, self.config), ignore=ignored_keys(name, self.config), materialize=False
+        )
+        if shardings is None:
+            return jax.tree_util.tree_map(lambda x: jnp.asarray(_cast(x, dtype)), host)
+        from jaxgen.sharding import put_host_array
+
+        return jax.tree_util.tree_map(lambda x, s: put_host_array(x, s, dtype=dtype), host, shardings)
+
+
+def _cast(x: np.ndarray, dtype: Any) -> np.ndarray:
+    """Floating host arrays to ``dtype`` (others as they are), contiguous."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(dtype, copy=False)
+    return np.ascontiguousarray(x)

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+
+# Before anything imports jax: the suite (and CI) runs on 8 CPU devices, so that sharding and
+# multi-device sampling are tested everywhere.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Tests compile afresh and write nothing under ~/.cache (tests/test_sharding.py checks the cache).
+os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")
 from pathlib import Path
 
 import numpy as np

@@ -5,11 +5,18 @@ A pipeline holds its components as attributes named as in diffusers (``pipe.tran
 flax modules bound to their params (``module.bind({"params": params})``): ``pipe.vae.config`` reads
 like diffusers, and ``pipe.vae.unbind()`` gives back ``(module, variables)``, which is what the
 compiled functions take, so params are arguments and never baked into a program as constants.
+
+Every pipeline runs on a device mesh, ``pipe.mesh`` (``jaxgen.sharding``): ``from_pretrained``
+defaults to all local devices on the ``data`` axis (the batch is split, the weights replicated);
+pass ``mesh=jaxgen.sharding.make_mesh(data=2, model=4)`` to split weights as well. Compiled
+programs are kept across processes by jax's persistent compilation cache, which the first
+pipeline turns on (``set_compilation_cache``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
@@ -17,10 +24,66 @@ from typing import Any, Callable, ClassVar, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from jaxgen import hub
+from jaxgen import hub, sharding
 
-__all__ = ["DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model", "set_compilation_cache",
+    "DEFAULT_COMPILATION_CACHE",
+]
+
+DEFAULT_COMPILATION_CACHE = Path("~/.cache/jaxgen/xla")
+"""Where compiled programs are kept unless ``JAXGEN_COMPILATION_CACHE`` or ``set_compilation_cache`` says otherwise."""
+
+_OFF = ("", "0", "off", "none", "false", "no")
+_cache_chosen = False  # set_compilation_cache was called, or the default was applied
+
+
+def set_compilation_cache(path: str | os.PathLike | None) -> None:
+    """Keep compiled XLA programs in ``path`` (jax's persistent compilation cache); None turns it off.
+
+    A later process that builds the same program (same pipeline, shapes, step count, devices)
+    loads it instead of compiling it. The first pipeline built applies the default when this was
+    not called: the directory in the environment variable ``JAXGEN_COMPILATION_CACHE`` ("off" or
+    empty disables it), else ``~/.cache/jaxgen/xla``; a directory already set with
+    ``jax.config.update("jax_compilation_cache_dir", ...)`` is left alone. Only programs that take
+    longer than ``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile are
+    written. The cache directory is trusted code: do not share it with people you do not trust.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    global _cache_chosen
+    _cache_chosen = True
+    if path is None:
+        jax.config.update("jax_enable_compilation_cache", False)
+    else:
+        folder = Path(path).expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_enable_compilation_cache", True)
+        jax.config.update("jax_compilation_cache_dir", os.fspath(folder))
+    compilation_cache.reset_cache()  # jax reads the setting once; make it read the new one
+
+
+def _default_compilation_cache() -> None:
+    """Apply the default compilation cache once per process (see ``set_compilation_cache``)."""
+    global _cache_chosen
+    if _cache_chosen:
+        return
+    if jax.config.jax_compilation_cache_dir is not None:  # the user configured jax directly
+        _cache_chosen = True
+        return
+    env = os.environ.get("JAXGEN_COMPILATION_CACHE")
+    if env is not None and env.strip().lower() in _OFF:
+        set_compilation_cache(None)
+        return
+    try:
+        set_compilation_cache(env or DEFAULT_COMPILATION_CACHE)
+    except OSError as e:  # a read-only home: run without the cache rather than fail
+        logger.warning("jaxgen: no persistent compilation cache (%s)", e)
+        _cache_chosen = True
 
 
 @dataclasses.dataclass
@@ -110,17 +173,36 @@ class DiffusionPipeline:
     """Base of jaxgen pipelines: construction from components and ``from_pretrained``.
 
     Subclasses declare ``_components`` (name -> ``ComponentSpec``) in diffusers' order.
+    ``Pipeline(mesh=None, **components)``: with a ``mesh``, every model component's params are
+    placed on it by the partition rules; without one, the mesh is the one the params are already
+    on (``Other(**pipe.components)`` shares ``pipe``'s mesh and params), or, for params on one
+    device, a 1-device mesh there.
     """
 
     _components: ClassVar[dict[str, ComponentSpec]] = {}
 
-    def __init__(self, **components: Any) -> None:
+    def __init__(self, *, mesh: Mesh | None = None, **components: Any) -> None:
         unknown = set(components) - set(self._components)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown components {sorted(unknown)}; expected {list(self._components)}")
-        for name, spec in self._components.items():
-            value = components.get(name)
-            setattr(self, name, bind_model(value) if spec.kind == "model" else value)
+        _default_compilation_cache()
+        bound = {
+            name: bind_model(components.get(name)) if spec.kind == "model" else components.get(name)
+            for name, spec in self._components.items()
+        }
+        models = {n: bound[n] for n, spec in self._components.items() if spec.kind == "model" and bound[n] is not None}
+        if mesh is None:
+            mesh = next((m for m in (sharding.mesh_of(v.variables) for v in models.values()) if m is not None), None)
+            if mesh is None:  # params on one device (or none at all): a 1-device mesh there
+                leaves = [x for v in models.values() for x in jax.tree_util.tree_leaves(v.variables)]
+                device = next(iter(leaves[0].devices())) if leaves and isinstance(leaves[0], jax.Array) else None
+                mesh = sharding.make_mesh(1, 1, devices=[device or jax.devices()[0]])
+                models = {}  # leave them where they are
+        for name, value in models.items():
+            bound[name] = _on_mesh(value, mesh)
+        for name, value in bound.items():
+            setattr(self, name, value)
+        self.mesh: Mesh = mesh
         self._progress_bar_config: dict[str, Any] = {}
         self._jitted: dict[Any, Callable] = {}
 
@@ -140,17 +222,23 @@ class DiffusionPipeline:
         *,
         dtype: Any = jnp.float32,
         variant: str | None = None,
-        mesh: Any = None,
+        mesh: Mesh | None = None,
         **components: Any,
     ) -> "DiffusionPipeline":
         """Load every component from a diffusers folder, a Hub repo id, or a ``python -m convert`` folder.
 
         A component passed by keyword is used as given (``None``: not loaded). ``dtype`` is the
         models' params and computation dtype; ``variant="fp16"`` reads ``*.fp16.safetensors``.
+        ``mesh``: the ``jax.sharding.Mesh`` to run on; default ``jaxgen.sharding.make_mesh()``,
+        all local devices on the ``data`` axis (batches split, weights replicated). Pass
+        ``make_mesh(data=..., model=...)`` to split the weights of big components (T5-XXL) over
+        ``model`` too. Each param is placed straight into its shards.
         """
         unknown = set(components) - set(cls._components)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown keyword arguments {sorted(unknown)}")
+        if mesh is None:
+            mesh = sharding.make_mesh()
         root = hub.resolve_checkpoint(pretrained_model_name_or_path)
         index = hub.load_model_index(root)
         loaded = dict(components)
@@ -178,7 +266,7 @@ class DiffusionPipeline:
                 loaded[name] = _load_scheduler(folder, class_name)
             else:  # pragma: no cover - a spec bug
                 raise ValueError(f"unknown component kind {spec.kind!r}")
-        return cls(**loaded)
+        return cls(mesh=mesh, **loaded)
 
     def _progress(self, total: int):
         from tqdm.auto import tqdm
@@ -191,3 +279,30 @@ class DiffusionPipeline:
         if fn is None:
             fn = self._jitted[key] = build()
         return fn
+
+    def _mesh_context(self):
+        """Context for the compiled calls: ``pipe.mesh`` as jax's mesh, so that kernels XLA cannot
+        partition (Pallas splash attention) run per shard (see ``jaxgen.nn.attention``)."""
+        return jax.set_mesh(self.mesh)
+
+    # batches on the mesh: rows padded to a multiple of the data axis, split over it
+
+    def _padded_rows(self, rows: int) -> int:
+        return sharding.padded_size(rows, self.mesh)
+
+    def _shard_rows(self, x: Any, rows: int) -> jax.Array:
+        """Host or device batch (N, ...) -> padded to ``rows`` and split over the mesh's data axis."""
+        return sharding.shard_batch(sharding.gather_rows(x) if isinstance(x, jax.Array) else x, self.mesh, rows)
+
+
+def _on_mesh(bound: Any, mesh: Mesh) -> Any:
+    """A bound module with its params placed on ``mesh`` by the partition rules (itself when they are)."""
+    module, variables = bound.unbind()
+    params = variables["params"]
+    specs = sharding.param_shardings(module, mesh, params)
+    placed = jax.tree_util.tree_map(
+        lambda x, s: isinstance(x, jax.Array) and x.sharding == s, params, specs
+    )
+    if all(jax.tree_util.tree_leaves(placed)):
+        return bound
+    return module.bind({**variables, "params": sharding.place_params(params, mesh, module)})

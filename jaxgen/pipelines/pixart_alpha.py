@@ -3,20 +3,25 @@ transformer, and AutoencoderKL decoding, with diffusers' arguments, defaults and
 
 The whole denoising loop is one XLA program per (shapes, step count, scheduler, guidance on/off):
 ``lax.fori_loop`` over steps with the scheduler state in the carry, classifier-free guidance as
-one batched call (unconditional half first, as diffusers), no host round trip per step.
+one batched call (each sample's unconditional and conditional rows side by side, so that a batch
+split over devices keeps both halves of a sample together), no host round trip per step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
+import time
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxgen import sharding
 from jaxgen.image_processing import postprocess, resize_and_crop
 from jaxgen.models.autoencoder_kl import AutoencoderKL
 from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
@@ -46,8 +51,20 @@ def decode_latents(module: Any, params: Any, latents: jax.Array) -> jax.Array:
     return module.apply({"params": params}, z.astype(module.dtype), method="decode").sample.astype(jnp.float32)
 
 
+def _cfg_pairs(x: jax.Array) -> jax.Array:
+    """[uncond rows; cond rows] (2B, ...) -> (2B, ...) ordered u0, c0, u1, c1, ...
+
+    Both guidance halves of a sample then sit side by side, so a batch split over devices gives
+    each device matching uncond/cond rows (no data moves between devices inside the loop).
+    """
+    b = x.shape[0] // 2
+    return jnp.swapaxes(x.reshape((2, b) + x.shape[1:]), 0, 1).reshape(x.shape)
+
+
 @functools.partial(
-    jax.jit, static_argnames=("transformer", "scheduler", "do_cfg", "eta", "show_progress", "callback", "callback_steps")
+    jax.jit,
+    static_argnames=("transformer", "scheduler", "do_cfg", "eta", "show_progress", "callback", "callback_steps",
+                     "batch_sharding"),
 )
 def _denoise(
     transformer: Any,
@@ -66,16 +83,30 @@ def _denoise(
     show_progress: bool,
     callback: Callable | None,
     callback_steps: int,
+    steps: jax.Array | None = None,
+    batch_sharding: Any = None,
 ) -> jax.Array:
-    """The sampling loop: latents (B, h, w, C) noise -> denoised latents; embeds carry both CFG halves."""
-    num_steps = state.timesteps.shape[0]
+    """The sampling loop: latents (B, h, w, C) noise -> denoised latents.
+
+    With guidance, ``prompt_embeds``, ``prompt_attention_mask`` and ``added_cond_kwargs`` carry
+    2B rows, the unconditional half first (as diffusers). ``steps``: how many of the state's
+    steps to run, a traced int (so that ``warmup`` compiles the very program a call runs, with 0);
+    None runs them all. ``batch_sharding``: the rows' ``NamedSharding`` (split over ``data``).
+    """
+    num_steps = state.timesteps.shape[0] if steps is None else steps
     latent_channels = latents.shape[-1]
     step_kwargs = {} if eta is None else {"eta": eta}
+    rows = lambda x: sharding.constrain(x, batch_sharding)
+    if do_cfg:
+        prompt_embeds, prompt_attention_mask = _cfg_pairs(prompt_embeds), _cfg_pairs(prompt_attention_mask)
+    if added_cond_kwargs is not None:
+        added_cond_kwargs = {k: rows(_cfg_pairs(v) if do_cfg else v) for k, v in added_cond_kwargs.items()}
+    prompt_embeds, prompt_attention_mask = rows(prompt_embeds), rows(prompt_attention_mask)
 
     def body(i, carry):
         latents, state = carry
         t = state.timesteps[i]
-        model_input = jnp.concatenate([latents, latents]) if do_cfg else latents
+        model_input = rows(jnp.repeat(latents, 2, axis=0)) if do_cfg else latents
         model_input = scheduler.scale_model_input(state, model_input, t)
         timestep = jnp.broadcast_to(t, (model_input.shape[0],))
         noise_pred = transformer.apply(
@@ -87,20 +118,37 @@ def _denoise(
             encoder_attention_mask=prompt_attention_mask,
         ).sample.astype(jnp.float32)
         if do_cfg:
-            uncond, text = jnp.split(noise_pred, 2)
+            pairs = noise_pred.reshape((-1, 2) + noise_pred.shape[1:])
+            uncond, text = pairs[:, 0], pairs[:, 1]
             noise_pred = uncond + guidance_scale * (text - uncond)
         # learned sigma: the transformer predicts (epsilon, variance); the solvers use epsilon only
         if noise_pred.shape[-1] == 2 * latent_channels:
             noise_pred = noise_pred[..., :latent_channels]
         latents, state = scheduler.step(state, noise_pred, t, latents, jax.random.fold_in(key, i), **step_kwargs)
+        latents = rows(latents)
         if show_progress:
             progress.tick(i)
         if callback is not None:
-            jax.lax.cond(i % callback_steps == 0, lambda: jax.debug.callback(callback, i, t, latents), lambda: None)
+            # a _FirstRows callback sees the batch without its padding rows
+            fn, seen = (callback.fn, latents[: callback.rows]) if isinstance(callback, _FirstRows) else (callback, latents)
+            if batch_sharding is not None:  # gathered on every device: the host callback reads one
+                seen = sharding.constrain(seen, NamedSharding(batch_sharding.mesh, PartitionSpec()))
+            jax.lax.cond(i % callback_steps == 0, lambda: jax.debug.callback(fn, i, t, seen), lambda: None)
         return latents, state
 
-    latents, _ = jax.lax.fori_loop(0, num_steps, body, (latents, state))
+    latents, _ = jax.lax.fori_loop(0, num_steps, body, (rows(latents), state))
     return latents
+
+
+@dataclasses.dataclass(frozen=True)
+class _FirstRows:
+    """A step callback ``fn(i, t, latents)`` given only the first ``rows`` rows (no padding rows).
+
+    Hashable by value, so the compiled loop is reused by every call with the same ``fn`` and rows.
+    """
+
+    fn: Callable
+    rows: int
 
 
 def _accepts(fn: Callable, name: str) -> bool:
@@ -120,6 +168,11 @@ class PixArtAlphaPipeline(DiffusionPipeline):
     Components (as diffusers): ``tokenizer`` (transformers T5 tokenizer), ``text_encoder``
     (``T5EncoderModel``), ``vae`` (``AutoencoderKL``), ``transformer`` (``PixArtTransformer2DModel``),
     ``scheduler`` (``DPMSolverMultistepScheduler`` or any jaxgen scheduler).
+
+    Runs on ``pipe.mesh``: the images of a call (prompts x images per prompt, each with both
+    guidance halves) are split over the mesh's ``data`` axis, padded to a multiple of it and the
+    padding dropped from the results; a seed gives the same images on any number of devices.
+    ``pipe.warmup(height=..., width=..., num_inference_steps=..., batch_size=...)`` compiles ahead.
     """
 
     _components = {
@@ -204,9 +257,12 @@ class PixArtAlphaPipeline(DiffusionPipeline):
                     f" {max_length} tokens: {removed}"
                 )
         module, params = unbind(self.text_encoder)
-        mask = jnp.asarray(inputs.attention_mask, jnp.int32)
-        embeds = encode_text(module, params, jnp.asarray(inputs.input_ids, jnp.int32), mask)
-        return embeds, mask
+        ids, mask = np.asarray(inputs.input_ids, np.int32), np.asarray(inputs.attention_mask, np.int32)
+        # the prompts split over the mesh's data axis (padded to a multiple of it), then gathered
+        rows = self._padded_rows(len(texts))
+        with self._mesh_context():
+            embeds = encode_text(module, params, self._shard_rows(ids, rows), self._shard_rows(mask, rows))
+        return jnp.asarray(sharding.gather_rows(embeds, len(texts))), jnp.asarray(mask)
 
     def check_inputs(
         self, prompt, height, width, negative_prompt, callback_steps, prompt_embeds=None, negative_prompt_embeds=None,
@@ -296,6 +352,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         if "generator" in kwargs:
             raise TypeError("jaxgen pipelines take `rng` (an int seed or a jax.random key) instead of `generator`")
         kwargs.pop("mask_feature", None)  # deprecated in diffusers, no effect
+        compile_only = kwargs.pop("_compile_only", False)  # warmup(): everything but the loop's steps
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)}")
         sample_size = self.transformer.config.sample_size
@@ -334,7 +391,13 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         if latents is not None and tuple(np.shape(latents)) != latent_shape:
             raise ValueError(f"`latents` must have shape {latent_shape} (channels last), got {tuple(np.shape(latents))}")
 
-        state = self._set_timesteps(num_inference_steps, timesteps, sigmas, latent_shape)
+        # The batch is split over the mesh's data axis, padded to a multiple of it; the noise is
+        # drawn for the unpadded batch, so a seed gives the same images on any number of devices.
+        mesh = self.mesh
+        rows = self._padded_rows(total)
+        padded_shape = (rows,) + latent_shape[1:]
+        state = self._set_timesteps(num_inference_steps, timesteps, sigmas, padded_shape)
+        state = sharding.place_matching(state, mesh, padded_shape)
         do_cfg = guidance_scale > 1.0
         embeds, mask, neg_embeds, neg_mask = self.encode_prompt(
             prompt, do_cfg, negative_prompt=negative_prompt, num_images_per_prompt=num_images_per_prompt,
@@ -342,48 +405,98 @@ class PixArtAlphaPipeline(DiffusionPipeline):
             prompt_attention_mask=prompt_attention_mask, negative_prompt_attention_mask=negative_prompt_attention_mask,
             clean_caption=clean_caption, max_sequence_length=max_sequence_length,
         )
-        if do_cfg:
-            embeds = jnp.concatenate([neg_embeds, embeds])
-            mask = jnp.concatenate([neg_mask, mask])
+        module, params = unbind(self.transformer)
+        host = lambda x: sharding.pad_rows(sharding.gather_rows(x), rows)
+        embeds, mask = host(embeds), host(mask)
+        if do_cfg:  # [uncond; cond], each half padded: the loop pairs row i of both halves
+            embeds = np.concatenate([host(neg_embeds), embeds])
+            mask = np.concatenate([host(neg_mask), mask])
+        embeds = self._shard_rows(embeds.astype(np.dtype(module.dtype)), embeds.shape[0])
+        mask = self._shard_rows(mask, mask.shape[0])
 
         key = as_key(rng)
         noise_key, step_key = jax.random.split(key)
-        module, params = unbind(self.transformer)
         if latents is None:
             latents = jax.random.normal(noise_key, latent_shape, jnp.float32)
         latents = jnp.asarray(latents, jnp.float32) * self.scheduler.init_noise_sigma
+        latents = self._shard_rows(latents, rows)
 
         added_cond_kwargs = None
         if sample_size == 128:  # the 1024 checkpoints' resolution and aspect-ratio micro-conditions
-            rows = embeds.shape[0]
+            n = embeds.shape[0]
             added_cond_kwargs = {
-                "resolution": jnp.tile(jnp.asarray([[height, width]], module.dtype), (rows, 1)),
-                "aspect_ratio": jnp.full((rows, 1), float(height / width), module.dtype),
+                "resolution": self._shard_rows(np.tile(np.asarray([[height, width]], np.dtype(module.dtype)), (n, 1)), n),
+                "aspect_ratio": self._shard_rows(np.full((n, 1), float(height / width), np.dtype(module.dtype)), n),
             }
 
+        num_steps = int(state.timesteps.shape[0])
         show_progress = not self._progress_bar_config.get("disable", False)
-        bar = self._progress(int(state.timesteps.shape[0])) if show_progress else None
         run = functools.partial(
-            _denoise, module, self.scheduler, params, latents, state, embeds.astype(module.dtype), mask,
+            _denoise, module, self.scheduler, params, latents, state, embeds, mask,
             added_cond_kwargs, jnp.float32(guidance_scale), step_key, do_cfg=do_cfg,
             eta=float(eta) if _accepts(self.scheduler.step, "eta") else None,
-            show_progress=show_progress, callback=callback, callback_steps=callback_steps,
+            show_progress=show_progress, callback=None if callback is None else _FirstRows(callback, total),
+            callback_steps=callback_steps, steps=jnp.int32(0 if compile_only else num_steps),
+            batch_sharding=sharding.batch_sharding(mesh),
         )
-        if bar is not None:
-            with progress.active(bar):
-                latents = jax.block_until_ready(run())
-        else:
-            latents = run()
+        with self._mesh_context():
+            if show_progress and not compile_only:
+                with progress.active(self._progress(num_steps)):
+                    latents = jax.block_until_ready(run())
+            else:
+                latents = run()
+            if output_type != "latent":
+                vae_module, vae_params = unbind(self.vae)
+                decoded = decode_latents(vae_module, vae_params, latents)
 
         if output_type == "latent":
-            images = latents
+            images = jnp.asarray(sharding.gather_rows(latents, total))
         else:
-            vae_module, vae_params = unbind(self.vae)
-            images = decode_latents(vae_module, vae_params, latents)
+            images = sharding.gather_rows(decoded, total)
             if use_resolution_binning and (orig_height, orig_width) != (height, width):
                 images = resize_and_crop(images, orig_width, orig_height)
             images = postprocess(images, output_type)
         return ImagePipelineOutput(images=images) if return_dict else (images,)
+
+    def warmup(
+        self,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 20,
+        batch_size: int = 1,
+        guidance_scale: float = 4.5,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        use_resolution_binning: bool = True,
+        max_sequence_length: int = 120,
+        **kwargs: Any,
+    ) -> float:
+        """Compile ahead what a call with these settings runs, so that the call itself does not compile.
+
+        ``batch_size`` is the number of prompts; the other arguments are ``__call__``'s (more of
+        them, such as ``timesteps`` or ``eta``, go through ``kwargs``). Runs the whole pipeline on
+        placeholder prompts (or zero ``prompt_embeds`` without a text encoder) with the sampling
+        loop's step count set to 0: the loop is compiled, not run. Calls with other shapes, step
+        counts, guidance on/off, a ``callback``, or another progress-bar setting compile their own
+        programs. Returns the seconds it took.
+        """
+        start = time.perf_counter()
+        if self.tokenizer is not None and self.text_encoder is not None:
+            inputs: dict[str, Any] = {"prompt": [""] * batch_size}
+        else:
+            width_ = self.transformer.config.caption_channels or self.transformer.config.cross_attention_dim
+            embeds = np.zeros((batch_size, max_sequence_length, width_), np.float32)
+            mask = np.ones((batch_size, max_sequence_length), np.int32)
+            inputs = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+            if guidance_scale > 1.0:
+                inputs.update(negative_prompt=None, negative_prompt_embeds=embeds, negative_prompt_attention_mask=mask)
+        self(
+            **inputs, height=height, width=width, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            num_images_per_prompt=num_images_per_prompt, output_type=output_type,
+            use_resolution_binning=use_resolution_binning, max_sequence_length=max_sequence_length,
+            _compile_only=True, **kwargs,
+        )
+        return time.perf_counter() - start
 
     def _set_timesteps(self, num_inference_steps, timesteps, sigmas, shape) -> Any:
         if sigmas is not None:

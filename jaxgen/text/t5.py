@@ -8,7 +8,8 @@ Module names mirror transformers' state-dict keys (``shared``, ``encoder.block.3
 map of ``convert.engine`` fills every param.
 
 In bfloat16 the residual stream, the norms and the softmax stay in float32, so T5-XXL neither
-overflows nor drifts; matmuls run in ``dtype``.
+overflows nor drifts; matmuls run in ``dtype``. ``quantized=True`` builds every Dense layer as an
+int8 ``QuantizedDense`` (weight-only, per-channel scales): see ``jaxgen.quantize.quantize_t5``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flax import struct
 from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import dot_product_attention, key_padding_mask
+from jaxgen.quantize import QuantizedDense
 
 __all__ = ["T5Config", "T5EncoderModel", "T5EncoderOutput", "relative_position_bucket"]
 
@@ -101,6 +103,11 @@ class T5Config(ModelConfig):
         """A few-kilobyte config for tests (T5 v1.1 layout unless ``feed_forward_proj`` says otherwise)."""
         return cls(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                    feed_forward_proj=feed_forward_proj)
+
+
+def _dense(features: int, name: str, dtype: Any, quantized: bool) -> nn.Module:
+    """T5's bias-free projection: float ``Dense``, or int8 ``QuantizedDense`` when ``quantized``."""
+    return (QuantizedDense if quantized else Dense)(features, use_bias=False, dtype=dtype, name=name)
 
 
 @struct.dataclass
@@ -180,6 +187,7 @@ class T5Attention(nn.Module):
     config: T5Config
     has_relative_attention_bias: bool = False
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, position_bias: jax.Array | None):
@@ -189,7 +197,7 @@ class T5Attention(nn.Module):
             position_bias = T5RelativePositionBias(cfg, name="relative_attention_bias")(length)
         elif position_bias is None:
             raise ValueError("a T5Attention without relative_attention_bias needs the first block's position_bias")
-        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: _dense(features, name, self.dtype, self.quantized)
         inner = cfg.num_heads * cfg.d_kv
         q, k, v = (dense(inner, n)(x).reshape(b, length, cfg.num_heads, cfg.d_kv) for n in ("q", "k", "v"))
         # T5 folds 1/sqrt(d) into its initialisation: no scaling of q.k
@@ -202,11 +210,12 @@ class T5DenseGatedActDense(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: _dense(features, name, self.dtype, self.quantized)
         act = _ACTIVATIONS[cfg.dense_act_fn]
         h = act(dense(cfg.d_ff, "wi_0")(x)) * dense(cfg.d_ff, "wi_1")(x)
         return dense(cfg.d_model, "wo")(h)
@@ -217,11 +226,12 @@ class T5DenseActDense(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, name=name)
+        dense = lambda features, name: _dense(features, name, self.dtype, self.quantized)
         return dense(cfg.d_model, "wo")(_ACTIVATIONS[cfg.dense_act_fn](dense(cfg.d_ff, "wi")(x)))
 
 
@@ -231,12 +241,13 @@ class T5LayerSelfAttention(nn.Module):
     config: T5Config
     has_relative_attention_bias: bool = False
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, position_bias: jax.Array | None):
         normed = T5LayerNorm(self.config.layer_norm_epsilon, dtype=self.dtype, name="layer_norm")(x)
         out, position_bias = T5Attention(
-            self.config, self.has_relative_attention_bias, dtype=self.dtype, name="SelfAttention"
+            self.config, self.has_relative_attention_bias, dtype=self.dtype, quantized=self.quantized, name="SelfAttention"
         )(normed, mask, position_bias)
         return x + out.astype(x.dtype), position_bias
 
@@ -246,13 +257,14 @@ class T5LayerFF(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         ff_cls = T5DenseGatedActDense if cfg.is_gated_act else T5DenseActDense
         normed = T5LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, name="layer_norm")(x)
-        return x + ff_cls(cfg, dtype=self.dtype, name="DenseReluDense")(normed).astype(x.dtype)
+        return x + ff_cls(cfg, dtype=self.dtype, quantized=self.quantized, name="DenseReluDense")(normed).astype(x.dtype)
 
 
 class T5Block(nn.Module):
@@ -261,13 +273,14 @@ class T5Block(nn.Module):
     config: T5Config
     has_relative_attention_bias: bool = False
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, position_bias: jax.Array | None):
         x, position_bias = T5LayerSelfAttention(
-            self.config, self.has_relative_attention_bias, dtype=self.dtype, name="layer.0"
+            self.config, self.has_relative_attention_bias, dtype=self.dtype, quantized=self.quantized, name="layer.0"
         )(x, mask, position_bias)
-        return T5LayerFF(self.config, dtype=self.dtype, name="layer.1")(x), position_bias
+        return T5LayerFF(self.config, dtype=self.dtype, quantized=self.quantized, name="layer.1")(x), position_bias
 
 
 class T5Stack(nn.Module):
@@ -275,6 +288,7 @@ class T5Stack(nn.Module):
 
     config: T5Config
     dtype: Any = jnp.float32
+    quantized: bool = False
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
@@ -283,7 +297,7 @@ class T5Stack(nn.Module):
         position_bias = None
         for i in range(cfg.num_layers):
             hidden_states, position_bias = T5Block(
-                cfg, has_relative_attention_bias=i == 0, dtype=self.dtype, name=f"block.{i}"
+                cfg, has_relative_attention_bias=i == 0, dtype=self.dtype, quantized=self.quantized, name=f"block.{i}"
             )(hidden_states, mask, position_bias)
         return T5LayerNorm(cfg.layer_norm_epsilon, dtype=self.dtype, name="final_layer_norm")(hidden_states)
 
@@ -298,6 +312,7 @@ class T5EncoderModel(nn.Module, PretrainedModel):
 
     config: T5Config
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (``jaxgen.quantize.quantize_t5``)
 
     config_class = T5Config
 
@@ -309,5 +324,5 @@ class T5EncoderModel(nn.Module, PretrainedModel):
         cfg = self.config
         embeds = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=self.dtype, name="shared")(input_ids)
         # The residual stream is float32 whatever ``dtype``: T5-XXL's activations grow large.
-        hidden = T5Stack(cfg, dtype=self.dtype, name="encoder")(embeds.astype(jnp.float32), attention_mask)
+        hidden = T5Stack(cfg, dtype=self.dtype, quantized=self.quantized, name="encoder")(embeds.astype(jnp.float32), attention_mask)
         return T5EncoderOutput(last_hidden_state=hidden)
