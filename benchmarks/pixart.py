@@ -82,7 +82,8 @@ def bench_jaxgen(cfg_dir: Path, resolution: int, dtype_name: str, steps: int, te
 
     from jaxgen.models.autoencoder_kl import AutoencoderKL
     from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
-    from jaxgen.pipelines.pixart_alpha import _denoise, decode_latents
+    from jaxgen.pipelines.pixart_alpha import PixArtDenoiser, decode_latents
+    from jaxgen.pipelines.sampling import denoise
     from jaxgen.schedulers import DPMSolverMultistepScheduler
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
@@ -99,17 +100,17 @@ def bench_jaxgen(cfg_dir: Path, resolution: int, dtype_name: str, steps: int, te
     latents = jax.random.normal(jax.random.key(2), (1, h, h, 4), jnp.float32)
     embeds = jax.random.normal(jax.random.key(3), (2, text_len, tcfg["caption_channels"]), dtype)
     mask = jnp.ones((2, text_len), jnp.int32)
-    cond = None
+    cond = {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
     if tcfg.get("sample_size") == 128:
-        cond = {"resolution": jnp.full((2, 2), resolution, dtype), "aspect_ratio": jnp.ones((2, 1), dtype)}
+        cond["added_cond_kwargs"] = {"resolution": jnp.full((2, 2), resolution, dtype), "aspect_ratio": jnp.ones((2, 1), dtype)}
 
     def run(n: int, compile_only: bool = False):
         state = scheduler.set_timesteps(n, shape=latents.shape)
-        args = (transformer, scheduler, params, latents, state, embeds, mask, cond, jnp.float32(4.5), jax.random.key(4))
+        args = (PixArtDenoiser(transformer), scheduler, params, latents, state, cond, jnp.float32(4.5), jax.random.key(4))
         kw = dict(do_cfg=True, eta=None, show_progress=False, callback=None, callback_steps=1)
         if compile_only:
-            return _denoise.lower(*args, **kw).compile()
-        return _denoise(*args, **kw).block_until_ready()
+            return denoise.lower(*args, **kw).compile()
+        return denoise(*args, **kw).block_until_ready()
 
     compile_s = _timed(lambda: run(steps, compile_only=True))
     run(steps)  # warm (also the compile of the run itself hits the cache)

@@ -150,14 +150,14 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("kwargs,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_fails_before_compiling(jax_pipe, kwargs, message):
-    from jaxgen.pipelines import pixart_alpha
+    from jaxgen.pipelines import pixart_alpha, sampling
 
     call = dict(prompt="a photo of a cat", height=16, width=16, use_resolution_binning=False, num_inference_steps=2)
     call.update(kwargs)
-    before = (pixart_alpha._denoise._cache_size(), pixart_alpha.encode_text._cache_size())
+    before = (sampling.denoise._cache_size(), pixart_alpha.encode_text._cache_size())
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         jax_pipe(**call)
-    assert (pixart_alpha._denoise._cache_size(), pixart_alpha.encode_text._cache_size()) == before
+    assert (sampling.denoise._cache_size(), pixart_alpha.encode_text._cache_size()) == before
 
 
 def test_negative_embeds_of_another_shape(jax_pipe):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -19,17 +18,16 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgen import sharding
 from jaxgen.image_processing import postprocess, resize_and_crop
 from jaxgen.models.autoencoder_kl import AutoencoderKL
 from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
-from jaxgen.pipelines import progress
 from jaxgen.pipelines.aspect_ratio_bins import (
     ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, classify_height_width_bin,
 )
 from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, unbind
+from jaxgen.pipelines.sampling import Denoiser, accepts, guidance_rows, run_denoise
 from jaxgen.text.captions import text_preprocessing
 from jaxgen.text.t5 import T5EncoderModel
 
@@ -51,108 +49,22 @@ def decode_latents(module: Any, params: Any, latents: jax.Array) -> jax.Array:
     return module.apply({"params": params}, z.astype(module.dtype), method="decode").sample.astype(jnp.float32)
 
 
-def _cfg_pairs(x: jax.Array) -> jax.Array:
-    """[uncond rows; cond rows] (2B, ...) -> (2B, ...) ordered u0, c0, u1, c1, ...
-
-    Both guidance halves of a sample then sit side by side, so a batch split over devices gives
-    each device matching uncond/cond rows (no data moves between devices inside the loop).
-    """
-    b = x.shape[0] // 2
-    return jnp.swapaxes(x.reshape((2, b) + x.shape[1:]), 0, 1).reshape(x.shape)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("transformer", "scheduler", "do_cfg", "eta", "show_progress", "callback", "callback_steps",
-                     "batch_sharding"),
-)
-def _denoise(
-    transformer: Any,
-    scheduler: Any,
-    params: Any,
-    latents: jax.Array,
-    state: Any,
-    prompt_embeds: jax.Array,
-    prompt_attention_mask: jax.Array,
-    added_cond_kwargs: dict[str, jax.Array] | None,
-    guidance_scale: jax.Array,
-    key: jax.Array,
-    *,
-    do_cfg: bool,
-    eta: float | None,
-    show_progress: bool,
-    callback: Callable | None,
-    callback_steps: int,
-    steps: jax.Array | None = None,
-    batch_sharding: Any = None,
-) -> jax.Array:
-    """The sampling loop: latents (B, h, w, C) noise -> denoised latents.
-
-    With guidance, ``prompt_embeds``, ``prompt_attention_mask`` and ``added_cond_kwargs`` carry
-    2B rows, the unconditional half first (as diffusers). ``steps``: how many of the state's
-    steps to run, a traced int (so that ``warmup`` compiles the very program a call runs, with 0);
-    None runs them all. ``batch_sharding``: the rows' ``NamedSharding`` (split over ``data``).
-    """
-    num_steps = state.timesteps.shape[0] if steps is None else steps
-    latent_channels = latents.shape[-1]
-    step_kwargs = {} if eta is None else {"eta": eta}
-    rows = lambda x: sharding.constrain(x, batch_sharding)
-    if do_cfg:
-        prompt_embeds, prompt_attention_mask = _cfg_pairs(prompt_embeds), _cfg_pairs(prompt_attention_mask)
-    if added_cond_kwargs is not None:
-        added_cond_kwargs = {k: rows(_cfg_pairs(v) if do_cfg else v) for k, v in added_cond_kwargs.items()}
-    prompt_embeds, prompt_attention_mask = rows(prompt_embeds), rows(prompt_attention_mask)
-
-    def body(i, carry):
-        latents, state = carry
-        t = state.timesteps[i]
-        model_input = rows(jnp.repeat(latents, 2, axis=0)) if do_cfg else latents
-        model_input = scheduler.scale_model_input(state, model_input, t)
-        timestep = jnp.broadcast_to(t, (model_input.shape[0],))
-        noise_pred = transformer.apply(
-            {"params": params},
-            model_input.astype(transformer.dtype),
-            encoder_hidden_states=prompt_embeds,
-            timestep=timestep,
-            added_cond_kwargs=added_cond_kwargs,
-            encoder_attention_mask=prompt_attention_mask,
-        ).sample.astype(jnp.float32)
-        if do_cfg:
-            pairs = noise_pred.reshape((-1, 2) + noise_pred.shape[1:])
-            uncond, text = pairs[:, 0], pairs[:, 1]
-            noise_pred = uncond + guidance_scale * (text - uncond)
-        # learned sigma: the transformer predicts (epsilon, variance); the solvers use epsilon only
-        if noise_pred.shape[-1] == 2 * latent_channels:
-            noise_pred = noise_pred[..., :latent_channels]
-        latents, state = scheduler.step(state, noise_pred, t, latents, jax.random.fold_in(key, i), **step_kwargs)
-        latents = rows(latents)
-        if show_progress:
-            progress.tick(i)
-        if callback is not None:
-            # a _FirstRows callback sees the batch without its padding rows
-            fn, seen = (callback.fn, latents[: callback.rows]) if isinstance(callback, _FirstRows) else (callback, latents)
-            if batch_sharding is not None:  # gathered on every device: the host callback reads one
-                seen = sharding.constrain(seen, NamedSharding(batch_sharding.mesh, PartitionSpec()))
-            jax.lax.cond(i % callback_steps == 0, lambda: jax.debug.callback(fn, i, t, seen), lambda: None)
-        return latents, state
-
-    latents, _ = jax.lax.fori_loop(0, num_steps, body, (rows(latents), state))
-    return latents
-
-
 @dataclasses.dataclass(frozen=True)
-class _FirstRows:
-    """A step callback ``fn(i, t, latents)`` given only the first ``rows`` rows (no padding rows).
+class PixArtDenoiser(Denoiser):
+    """The PixArt transformer as ``denoise`` calls it; cond: encoder_hidden_states, encoder_attention_mask
+    and (1024 checkpoints) added_cond_kwargs. Its learned sigma is dropped after guidance."""
 
-    Hashable by value, so the compiled loop is reused by every call with the same ``fn`` and rows.
-    """
+    transformer: Any
 
-    fn: Callable
-    rows: int
-
-
-def _accepts(fn: Callable, name: str) -> bool:
-    return name in inspect.signature(fn).parameters
+    def predict(self, params: Any, model_input: jax.Array, timestep: jax.Array, cond: Any) -> jax.Array:
+        return self.transformer.apply(
+            {"params": params},
+            model_input.astype(self.transformer.dtype),
+            encoder_hidden_states=cond["encoder_hidden_states"],
+            timestep=timestep,
+            added_cond_kwargs=cond.get("added_cond_kwargs"),
+            encoder_attention_mask=cond["encoder_attention_mask"],
+        ).sample
 
 
 def _as_batch(x: Any, name: str, ndim: int) -> jax.Array:
@@ -406,13 +318,17 @@ class PixArtAlphaPipeline(DiffusionPipeline):
             clean_caption=clean_caption, max_sequence_length=max_sequence_length,
         )
         module, params = unbind(self.transformer)
-        host = lambda x: sharding.pad_rows(sharding.gather_rows(x), rows)
-        embeds, mask = host(embeds), host(mask)
-        if do_cfg:  # [uncond; cond], each half padded: the loop pairs row i of both halves
-            embeds = np.concatenate([host(neg_embeds), embeds])
-            mask = np.concatenate([host(neg_mask), mask])
-        embeds = self._shard_rows(embeds.astype(np.dtype(module.dtype)), embeds.shape[0])
-        mask = self._shard_rows(mask, mask.shape[0])
+        cond = {
+            "encoder_hidden_states": guidance_rows(self, embeds, neg_embeds if do_cfg else None, rows, module.dtype),
+            "encoder_attention_mask": guidance_rows(self, mask, neg_mask if do_cfg else None, rows),
+        }
+        if sample_size == 128:  # the 1024 checkpoints' resolution and aspect-ratio micro-conditions
+            n = cond["encoder_hidden_states"].shape[0]
+            dtype = np.dtype(module.dtype)
+            cond["added_cond_kwargs"] = {
+                "resolution": self._shard_rows(np.tile(np.asarray([[height, width]], dtype), (n, 1)), n),
+                "aspect_ratio": self._shard_rows(np.full((n, 1), float(height / width), dtype), n),
+            }
 
         key = as_key(rng)
         noise_key, step_key = jax.random.split(key)
@@ -421,30 +337,11 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         latents = jnp.asarray(latents, jnp.float32) * self.scheduler.init_noise_sigma
         latents = self._shard_rows(latents, rows)
 
-        added_cond_kwargs = None
-        if sample_size == 128:  # the 1024 checkpoints' resolution and aspect-ratio micro-conditions
-            n = embeds.shape[0]
-            added_cond_kwargs = {
-                "resolution": self._shard_rows(np.tile(np.asarray([[height, width]], np.dtype(module.dtype)), (n, 1)), n),
-                "aspect_ratio": self._shard_rows(np.full((n, 1), float(height / width), np.dtype(module.dtype)), n),
-            }
-
-        num_steps = int(state.timesteps.shape[0])
-        show_progress = not self._progress_bar_config.get("disable", False)
-        run = functools.partial(
-            _denoise, module, self.scheduler, params, latents, state, embeds, mask,
-            added_cond_kwargs, jnp.float32(guidance_scale), step_key, do_cfg=do_cfg,
-            eta=float(eta) if _accepts(self.scheduler.step, "eta") else None,
-            show_progress=show_progress, callback=None if callback is None else _FirstRows(callback, total),
-            callback_steps=callback_steps, steps=jnp.int32(0 if compile_only else num_steps),
-            batch_sharding=sharding.batch_sharding(mesh),
-        )
         with self._mesh_context():
-            if show_progress and not compile_only:
-                with progress.active(self._progress(num_steps)):
-                    latents = jax.block_until_ready(run())
-            else:
-                latents = run()
+            latents = run_denoise(
+                self, PixArtDenoiser(module), params, latents, state, cond, guidance_scale, step_key, eta=eta,
+                callback=callback, callback_steps=callback_steps, rows=total, compile_only=compile_only,
+            )
             if output_type != "latent":
                 vae_module, vae_params = unbind(self.vae)
                 decoded = decode_latents(vae_module, vae_params, latents)
@@ -500,14 +397,14 @@ class PixArtAlphaPipeline(DiffusionPipeline):
 
     def _set_timesteps(self, num_inference_steps, timesteps, sigmas, shape) -> Any:
         if sigmas is not None:
-            if not _accepts(self.scheduler.set_timesteps, "sigmas"):
+            if not accepts(self.scheduler.set_timesteps, "sigmas"):
                 raise ValueError(
                     f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
                     " sigmas schedules. Please check whether you are using the correct scheduler."
                 )
             return self.scheduler.set_timesteps(sigmas=list(sigmas), shape=shape)
         if timesteps is not None:
-            if not _accepts(self.scheduler.set_timesteps, "timesteps"):
+            if not accepts(self.scheduler.set_timesteps, "timesteps"):
                 raise ValueError(
                     f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
                     " timestep schedules. Please check whether you are using the correct scheduler."
