@@ -260,10 +260,10 @@ def test_pipeline_mesh_from_components(pipes, tiny_pixart, mesh24):
 
 
 def test_warmup_compiles_so_the_call_does_not(pipes):
-    from jaxgen.pipelines import pixart_alpha
+    from jaxgen.pipelines import pixart_alpha, sampling
 
     pipe = pipes["8"]
-    jitted = (pixart_alpha._denoise, pixart_alpha.encode_text, pixart_alpha.decode_latents)
+    jitted = (sampling.denoise, pixart_alpha.encode_text, pixart_alpha.decode_latents)
     # a size no other test uses, so that its programs are not compiled yet
     settings = dict(height=16, width=40, num_inference_steps=3, guidance_scale=4.5, output_type="np",
                     use_resolution_binning=False)
