@@ -15,6 +15,13 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _EXPORTS = {
     "PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha",
+    "IFPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFImg2ImgPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFImg2ImgSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFInpaintingPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFInpaintingSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale",
     "AutoPipelineForText2Image": "jaxgen.pipelines.auto_pipeline",
     "AutoPipelineForImage2Image": "jaxgen.pipelines.auto_pipeline",
     "AutoPipelineForInpainting": "jaxgen.pipelines.auto_pipeline",

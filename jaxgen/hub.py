@@ -102,7 +102,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_model_index(root: Path) -> dict[str, Any]:
-    """Read ``root/model_index.json`` (the pipeline's class and components) and validate component names."""
+    """Read ``root/model_index.json`` (the pipeline's class and components) and validate component names.
+
+    Scalar values (``"max_noise_level": 350``, ``"requires_safety_checker": true``) are the
+    pipeline's own config (diffusers' ``register_to_config``), not components: kept as they are.
+    """
     path = Path(root) / "model_index.json"
     if not path.is_file():
         raise CheckpointError(
@@ -110,7 +114,7 @@ def load_model_index(root: Path) -> dict[str, Any]:
         )
     index = _read_json(path)
     for name, value in index.items():
-        if name.startswith("_"):
+        if name.startswith("_") or isinstance(value, (bool, int, float, str)):
             continue
         component_folder(root, name)  # validates the name
         if value is not None and not (isinstance(value, (list, tuple)) and len(value) == 2):

@@ -21,6 +21,7 @@ device first.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any, Iterable, Sequence
@@ -32,10 +33,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
     "DATA", "MODEL", "LOGICAL_AXIS_RULES", "PARAM_AXES", "DIFFUSERS_TRANSFORMER_AXES", "T5_AXES",
-    "make_mesh", "data_size", "logical_to_mesh_axes", "param_logical_axes", "param_specs", "param_shardings",
+    "make_mesh", "auto_mesh", "AUTO_MESH_FRACTION", "device_memory_bytes", "data_size", "logical_to_mesh_axes", "param_logical_axes", "param_specs", "param_shardings",
     "place_params", "put_host_array", "batch_sharding", "padded_size", "pad_rows", "shard_batch",
     "gather_rows", "mesh_of", "constrain", "place_matching",
 ]
+
+logger = logging.getLogger(__name__)
 
 DATA = "data"
 MODEL = "model"
@@ -125,6 +128,75 @@ def make_mesh(data: int | None = None, model: int | None = None, devices: Sequen
     except Exception:  # a device subset or platform the helper does not lay out: plain order
         grid = np.asarray(chosen, dtype=object).reshape(data, model)
     return Mesh(grid, (DATA, MODEL))
+
+
+AUTO_MESH_FRACTION = 0.6
+"""Share of one device's memory that the params may take under ``auto_mesh``; the rest is left to
+activations (PixArt-XL-2 at 1024x1024 needs ~2.3 GiB of temporaries per CFG pair on the XLA
+attention path), compiled programs and the allocator's fragmentation."""
+
+
+def device_memory_bytes(device: Any = None) -> int | None:
+    """Memory of ``device`` (default: the first local one) in bytes, from ``memory_stats()["bytes_limit"]``.
+
+    None where the backend does not report it (CPU).
+    """
+    device = jax.local_devices()[0] if device is None else device
+    try:
+        stats = device.memory_stats()
+    except Exception:  # backends without allocator stats raise rather than return None
+        return None
+    limit = (stats or {}).get("bytes_limit")
+    return int(limit) if limit else None
+
+
+def auto_mesh(
+    param_bytes_by_component: dict[str, int],
+    device_bytes: int | None,
+    devices: Sequence[Any] | None = None,
+    *,
+    fraction: float = AUTO_MESH_FRACTION,
+    replicated: Iterable[str] = (),
+) -> Mesh:
+    """The default mesh for components of these sizes: data parallel unless the params do not fit one device.
+
+    ``param_bytes_by_component``: component name -> bytes of its params in the dtype they will
+    have; ``device_bytes``: one device's memory (``device_memory_bytes()``), None when unknown (CPU:
+    plain data parallelism); ``devices``: default this process's local devices. Every component is
+    resident on every device at once (a pipeline loads them all), so the test is on their sum: when
+    it exceeds ``fraction`` of a device, the ``model`` axis gets the smallest divisor ``m`` of the
+    device count for which the params per device, ``split / m + replicated``, fit, and ``data`` the
+    rest. Components named in ``replicated`` (no partition rules: the VAE) count whole on every
+    device. When even ``m`` = the device count does not fit, that is used and a warning logged.
+    The choice is logged (``logging.info``). Parts of a split component that stay whole (layer
+    norms, T5's token embedding: ~3% of T5-XXL) are not counted apart; the margin covers them.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    n = len(devices)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"`fraction` must be in (0, 1], got {fraction}")
+    replicated = set(replicated)
+    whole = sum(b for name, b in param_bytes_by_component.items() if name in replicated)
+    split = sum(b for name, b in param_bytes_by_component.items() if name not in replicated)
+    gib = lambda b: f"{b / 2**30:.2f} GiB"
+    if device_bytes is None or n == 1:
+        logger.info("jaxgen: mesh data=%d x model=1 (%s)", n, "one device" if n == 1 else "device memory unknown")
+        return make_mesh(n, 1, devices=devices)
+    budget = fraction * device_bytes
+    model = next((m for m in range(1, n + 1) if n % m == 0 and split / m + whole <= budget), None)
+    if model is None:
+        model = n
+        logger.warning(
+            "jaxgen: params of %s per device on a %d-way model axis exceed %.0f%% of a device's %s; "
+            "expect out-of-memory errors (use bfloat16, int8 T5, or text_encoder=None with prompt_embeds)",
+            gib(split / n + whole), n, 100 * fraction, gib(device_bytes),
+        )
+    sizes = ", ".join(f"{k} {gib(v)}" for k, v in param_bytes_by_component.items())
+    logger.info(
+        "jaxgen: mesh data=%d x model=%d: params %s; %s per device of %s (budget %.0f%%)",
+        n // model, model, sizes, gib(split / model + whole), gib(device_bytes), 100 * fraction,
+    )
+    return make_mesh(n // model, model, devices=devices)
 
 
 def data_size(mesh: Mesh) -> int:

@@ -301,3 +301,84 @@ def test_set_compilation_cache(tmp_path, monkeypatch):
         for k, v in saved.items():
             jax.config.update(k, v)
         compilation_cache.reset_cache()
+
+
+# --------------------------------------------------------------------------- the default mesh
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("sizes,device_gib,replicated,expected", [
+    # PixArt-α in bfloat16 on 16 GiB chips (v5e): 10.2 GiB of params > 0.6 x 16 -> split in 2
+    ({"text_encoder": 8.87, "transformer": 1.14, "vae": 0.16}, 16, ("vae",), (4, 2)),
+    # the same in float32: 20.3 GiB; halves (10.2 GiB) do not fit, quarters do
+    ({"text_encoder": 17.74, "transformer": 2.28, "vae": 0.31}, 16, ("vae",), (2, 4)),
+    # int8 T5 + bfloat16: 5.9 GiB fits one chip
+    ({"text_encoder": 4.56, "transformer": 1.14, "vae": 0.16}, 16, ("vae",), (8, 1)),
+    # T5-XXL bf16 alone fits (8.87 < 9.6 GiB)
+    ({"text_encoder": 8.87}, 16, (), (8, 1)),
+    # DeepFloyd IF-I-XL in float32 (4.3B params, 16 GiB) with T5-XXL float32
+    ({"text_encoder": 17.74, "unet": 4.3e9 * 4 / GIB}, 16, (), (2, 4)),
+    # the bf16 pipeline on 80 GiB GPUs, and on 32 GiB v4 chips: data parallel
+    ({"text_encoder": 8.87, "transformer": 1.14, "vae": 0.16}, 80, ("vae",), (8, 1)),
+    ({"text_encoder": 8.87, "transformer": 1.14, "vae": 0.16}, 32, ("vae",), (8, 1)),
+    # a replicated component counts whole on every device: 4 + 12/m <= 9.6 needs m = 4
+    ({"big": 12.0, "vae": 4.0}, 16, ("vae",), (2, 4)),
+])
+def test_auto_mesh_decisions(sizes, device_gib, replicated, expected, caplog):
+    sizes = {k: int(v * GIB) for k, v in sizes.items()}
+    with caplog.at_level("INFO", logger="jaxgen.sharding"):
+        mesh = sharding.auto_mesh(sizes, device_gib * GIB, jax.devices()[:8], replicated=replicated)
+    assert mesh.axis_names == ("data", "model") and (mesh.shape["data"], mesh.shape["model"]) == expected
+    assert f"mesh data={expected[0]} x model={expected[1]}" in caplog.text
+
+
+def test_auto_mesh_edges(caplog):
+    devices = jax.devices()[:8]
+    huge = {"text_encoder": 100 * GIB}
+    assert dict(sharding.auto_mesh(huge, None, devices).shape) == {"data": 8, "model": 1}  # CPU: memory unknown
+    assert dict(sharding.auto_mesh({}, 16 * GIB, devices).shape) == {"data": 8, "model": 1}
+    assert sharding.auto_mesh(huge, 16 * GIB, devices[:1]).devices.size == 1
+    # model sizes are divisors of the device count: 25 GiB on 6 devices of 16 GiB -> 3 (12.5 > 9.6 GiB for 2)
+    assert dict(sharding.auto_mesh({"a": 25 * GIB}, 16 * GIB, devices[:6]).shape) == {"data": 2, "model": 3}
+    assert dict(sharding.auto_mesh({"a": 25 * GIB}, 16 * GIB, devices[:8], fraction=0.9).shape) == {"data": 4, "model": 2}
+    with caplog.at_level("WARNING", logger="jaxgen.sharding"):  # too big even split 8 ways: all on model, warned
+        mesh = sharding.auto_mesh(huge, 8 * GIB, devices)
+    assert dict(mesh.shape) == {"data": 1, "model": 8} and "out-of-memory" in caplog.text
+    with pytest.raises(ValueError, match="fraction"):
+        sharding.auto_mesh(huge, 16 * GIB, devices, fraction=1.5)
+    assert sharding.device_memory_bytes() is None  # CPU reports no memory limit
+
+
+def test_pipeline_default_mesh(pipes, tiny_pixart, monkeypatch):
+    """On CPU the default is data parallel (test_default_mesh_and_param_placement); with a device
+    memory reported, the component sizes are read from the configs' shapes before loading, and a
+    small enough device gets a model axis."""
+    from jaxgen import PixArtAlphaPipeline
+    from jaxgen.quantize import param_bytes
+
+    folder, _ = tiny_pixart
+    loaded = {n: param_bytes(getattr(pipes["8"], n).variables["params"]) for n in ("text_encoder", "transformer", "vae")}
+    calls = []
+    real = sharding.auto_mesh
+
+    def recording(sizes, device_bytes, devices=None, **kwargs):
+        calls.append((dict(sizes), kwargs))
+        return real(sizes, device_bytes, devices, **kwargs)
+
+    monkeypatch.setattr(sharding, "auto_mesh", recording)
+    split = loaded["text_encoder"] + loaded["transformer"]
+    device_bytes = int((split / 4 + loaded["vae"]) / sharding.AUTO_MESH_FRACTION) + 1  # fits 4 ways, not 2
+    assert split / 2 + loaded["vae"] > sharding.AUTO_MESH_FRACTION * device_bytes
+    monkeypatch.setattr(sharding, "device_memory_bytes", lambda device=None: device_bytes)
+    # the VAE passed in counts with its own params; the others from their configs
+    pipe = PixArtAlphaPipeline.from_pretrained(folder, vae=pipes["8"].vae)
+    assert calls == [(loaded, {"replicated": ["vae"]})]
+    assert dict(pipe.mesh.shape) == {"data": 2, "model": 4}
+    kernel = pipe.transformer.variables["params"]["transformer_blocks.0"]["ff"]["net.0"]["proj"]["kernel"]
+    assert kernel.sharding.spec == P(None, "model")
+    # a component not loaded does not count
+    monkeypatch.setattr(sharding, "device_memory_bytes", lambda device=None: 2**40)
+    pipe = PixArtAlphaPipeline.from_pretrained(folder, text_encoder=None, tokenizer=None)
+    assert set(calls[-1][0]) == {"transformer", "vae"} and dict(pipe.mesh.shape) == {"data": 8, "model": 1}

@@ -27,6 +27,7 @@ from jaxgen.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv2d, ge
 __all__ = [
     "AutoencoderKLConfig", "AutoencoderKL", "AutoencoderKLOutput", "DecoderOutput", "DiagonalGaussianDistribution",
     "Encoder", "Decoder", "UNetMidBlock2D", "DownEncoderBlock2D", "UpDecoderBlock2D", "VAEAttention",
+    "tiled_decode", "tile_sizes",
 ]
 
 _DOWN_BLOCKS = ("DownEncoderBlock2D",)
@@ -364,7 +365,8 @@ class AutoencoderKL(nn.Module, PretrainedModel):
     """diffusers' ``AutoencoderKL`` on NHWC arrays: ``encode``, ``decode`` and the forward ``__call__``.
 
     ``module.apply(v, x, method="encode")`` -> ``AutoencoderKLOutput(latent_dist)``;
-    ``module.apply(v, z, method="decode")`` -> ``DecoderOutput(sample)``.
+    ``module.apply(v, z, method="decode")`` -> ``DecoderOutput(sample)``;
+    ``module.apply(v, z, method="tiled_decode")``: the same in overlapping tiles (diffusers' tiling).
     """
 
     config: AutoencoderKLConfig
@@ -401,6 +403,13 @@ class AutoencoderKL(nn.Module, PretrainedModel):
             z = self.post_quant_conv(z)
         return DecoderOutput(sample=self.decoder(z))
 
+    def tiled_decode(self, z: jax.Array, tile_sample_min_size: int | None = None,
+                     tile_latent_min_size: int | None = None, tile_overlap_factor: float = 0.25) -> DecoderOutput:
+        """``decode`` in overlapping tiles, blended: diffusers' ``tiled_decode`` (see the function of that name)."""
+        module = self.clone(parent=None)  # unbound: applied per tile under lax.map
+        return tiled_decode(module, self.variables["params"], z, tile_sample_min_size=tile_sample_min_size,
+                            tile_latent_min_size=tile_latent_min_size, tile_overlap_factor=tile_overlap_factor)
+
     def __call__(self, sample: jax.Array, sample_posterior: bool = False, rng: jax.Array | None = None) -> DecoderOutput:
         """Encode then decode: the posterior's mode, or a draw with ``rng`` (default: the "sample" rng stream)."""
         posterior = self.encode(sample).latent_dist
@@ -414,3 +423,91 @@ class AutoencoderKL(nn.Module, PretrainedModel):
         # The smallest size that survives every stride-2 downsampling; param shapes do not depend on it.
         size = 2 ** (len(self.config.block_out_channels) - 1)
         return (jnp.zeros((1, size, size, self.config.in_channels), self.dtype),)
+
+
+# --------------------------------------------------------------------------- tiled decoding
+
+
+def tile_sizes(config: AutoencoderKLConfig) -> tuple[int, int]:
+    """diffusers' default tile sizes: (tile_sample_min_size, tile_latent_min_size) = (sample_size,
+    sample_size / 2 ** (levels - 1)); the first entry of a (height, width) ``sample_size``."""
+    size = config.sample_size[0] if isinstance(config.sample_size, (tuple, list)) else config.sample_size
+    return int(size), int(size / 2 ** (len(config.block_out_channels) - 1))
+
+
+def _blend(a: jax.Array, b: jax.Array, extent: int, axis: int) -> jax.Array:
+    """The first ``extent`` rows (axis 1) or columns (axis 2) of ``b`` faded in from the last ones of
+    ``a``: a * (1 - k / extent) + b * (k / extent), diffusers' ``blend_v`` / ``blend_h``."""
+    extent = min(a.shape[axis], b.shape[axis], extent)
+    if extent == 0:
+        return b
+    shape = [1] * b.ndim
+    shape[axis] = extent
+    k = np.arange(extent) / extent  # float64, as Python computes diffusers' weights, then float32
+    w_a, w_b = (jnp.asarray(w.astype(np.float32).reshape(shape)) for w in (1 - k, k))
+    tail = jax.lax.slice_in_dim(a, a.shape[axis] - extent, a.shape[axis], axis=axis)
+    head = jax.lax.slice_in_dim(b, 0, extent, axis=axis)
+    blended = (tail * w_a + head * w_b).astype(b.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(b, blended, 0, axis=axis)
+
+
+def tiled_decode(
+    module: AutoencoderKL,
+    params: Any,
+    z: jax.Array,
+    *,
+    tile_sample_min_size: int | None = None,
+    tile_latent_min_size: int | None = None,
+    tile_overlap_factor: float = 0.25,
+) -> DecoderOutput:
+    """Latents (B, h, w, C) -> ``DecoderOutput(sample=(B, h * f, w * f, out_channels))``, decoded in
+    overlapping tiles and blended linearly: diffusers' ``AutoencoderKL.tiled_decode``, value for value.
+
+    Tiles of ``tile_latent_min_size`` latents start every ``tile_latent_min_size * (1 -
+    tile_overlap_factor)``; each decoded tile is faded over ``tile_sample_min_size *
+    tile_overlap_factor`` pixels into the (already blended) tiles above and to its left, then cropped
+    to ``tile_sample_min_size - blend`` pixels. Sizes default to ``tile_sizes(module.config)``.
+    Memory holds one tile's activations: the tiles of each shape are decoded one after another
+    (``lax.map``), so attention in the mid block stays (tile size)^2 instead of (h * w)^2. Works
+    under ``jit`` (shapes are static).
+    """
+    sample_default, latent_default = tile_sizes(module.config)
+    sample_tile = tile_sample_min_size or sample_default
+    latent_tile = tile_latent_min_size or latent_default
+    overlap = int(latent_tile * (1 - tile_overlap_factor))
+    blend_extent = int(sample_tile * tile_overlap_factor)
+    row_limit = sample_tile - blend_extent
+    if overlap < 1:
+        raise ValueError(f"tile_latent_min_size={latent_tile} with tile_overlap_factor={tile_overlap_factor} leaves no stride")
+    height, width = z.shape[1], z.shape[2]
+    starts_h, starts_w = range(0, height, overlap), range(0, width, overlap)
+    # tiles grouped by shape (full tiles, and the smaller ones at the bottom and right edges)
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for i in starts_h:
+        for j in starts_w:
+            shape = (min(latent_tile, height - i), min(latent_tile, width - j))
+            groups.setdefault(shape, []).append((i, j))
+
+    def decode_one(tile: jax.Array) -> jax.Array:
+        return module.apply({"params": params}, tile, method="decode").sample
+
+    decoded: dict[tuple[int, int], jax.Array] = {}
+    for (th, tw), positions in groups.items():
+        tiles = jnp.stack([z[:, i : i + th, j : j + tw] for i, j in positions])
+        out = jax.lax.map(decode_one, tiles)
+        decoded.update({pos: out[k] for k, pos in enumerate(positions)})
+
+    rows = []
+    for i in starts_h:
+        row = []
+        for j in starts_w:
+            tile = decoded[(i, j)]
+            # in place in diffusers: the neighbours read here are already blended
+            if i > 0:
+                tile = _blend(decoded[(i - overlap, j)], tile, blend_extent, axis=1)
+            if j > 0:
+                tile = _blend(decoded[(i, j - overlap)], tile, blend_extent, axis=2)
+            decoded[(i, j)] = tile
+            row.append(tile[:, :row_limit, :row_limit])
+        rows.append(jnp.concatenate(row, axis=2))
+    return DecoderOutput(sample=jnp.concatenate(rows, axis=1))

@@ -65,6 +65,8 @@ class IFWatermarker:
         # the logo is 62 px at 1024x1024 and scales with the side of the (possibly notional) image
         k = ((img_w * img_h) / 1024**2) ** 0.5
         wm_size, wm_x, wm_y = int(k * 62), img_w - int(14 * k), img_h - int(14 * k)
+        if wm_size < 1:  # images under ~17 px: the logo is under a pixel (diffusers fails in PIL's resize)
+            return images
         logo = self.watermark_image_as_pil.resize((wm_size, wm_size), PIL.Image.Resampling.BICUBIC, reducing_gap=None)
         for image in images:
             image.paste(logo, box=(wm_x - wm_size, wm_y - wm_size, wm_x, wm_y), mask=logo.split()[-1])

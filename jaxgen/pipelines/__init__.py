@@ -2,4 +2,11 @@
 
 PIPELINES = {
     "PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha",
+    "IFPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFImg2ImgPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFImg2ImgSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFInpaintingPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "IFInpaintingSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
+    "StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale",
 }

@@ -19,6 +19,11 @@ def pipeline_class(class_name: str) -> type:
     return getattr(importlib.import_module(PIPELINES[class_name]), class_name)
 
 
+def _if_family(target: str) -> dict[str, str]:
+    """DeepFloyd IF stage I (diffusers' "if" entry of AUTO_*_PIPELINES_MAPPING): any of its three tasks -> ``target``."""
+    return dict.fromkeys(("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"), target)
+
+
 class _AutoPipeline:
     """Reads ``_class_name`` from model_index.json and loads that pipeline (text-to-image task)."""
 
@@ -46,16 +51,18 @@ class AutoPipelineForText2Image(_AutoPipeline):
     """``AutoPipelineForText2Image.from_pretrained(repo_or_folder)`` -> the text-to-image pipeline it names."""
 
     _task = "text-to-image"
-    _task_names = {"PixArtAlphaPipeline": "PixArtAlphaPipeline"}
+    _task_names = {"PixArtAlphaPipeline": "PixArtAlphaPipeline", **_if_family("IFPipeline")}
 
 
 class AutoPipelineForImage2Image(_AutoPipeline):
     """``AutoPipelineForImage2Image.from_pretrained(repo_or_folder)`` -> the image-to-image pipeline of that family."""
 
     _task = "image-to-image"
+    _task_names = {**_if_family("IFImg2ImgPipeline")}
 
 
 class AutoPipelineForInpainting(_AutoPipeline):
     """``AutoPipelineForInpainting.from_pretrained(repo_or_folder)`` -> the inpainting pipeline of that family."""
 
     _task = "inpainting"
+    _task_names = {**_if_family("IFInpaintingPipeline")}

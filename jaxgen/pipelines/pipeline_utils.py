@@ -7,7 +7,8 @@ like diffusers, and ``pipe.vae.unbind()`` gives back ``(module, variables)``, wh
 compiled functions take, so params are arguments and never baked into a program as constants.
 
 Every pipeline runs on a device mesh, ``pipe.mesh`` (``jaxgen.sharding``): ``from_pretrained``
-defaults to all local devices on the ``data`` axis (the batch is split, the weights replicated);
+defaults to all local devices on the ``data`` axis (the batch is split, the weights replicated),
+with a ``model`` axis as well when the params would not fit one device (``sharding.auto_mesh``);
 pass ``mesh=jaxgen.sharding.make_mesh(data=2, model=4)`` to split weights as well. Compiled
 programs are kept across processes by jax's persistent compilation cache, which the first
 pipeline turns on (``set_compilation_cache``).
@@ -16,6 +17,7 @@ pipeline turns on (``set_compilation_cache``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -32,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model", "set_compilation_cache",
-    "DEFAULT_COMPILATION_CACHE",
+    "DEFAULT_COMPILATION_CACHE", "encode_text",
 ]
 
 DEFAULT_COMPILATION_CACHE = Path("~/.cache/jaxgen/xla")
@@ -98,7 +100,9 @@ class ImagePipelineOutput:
 
 @dataclasses.dataclass(frozen=True)
 class ComponentSpec:
-    """How a pipeline loads one component: ``kind`` is "model", "tokenizer" or "scheduler".
+    """How a pipeline loads one component: ``kind`` is "model", "tokenizer", "scheduler", "processor"
+    (a transformers image processor, e.g. ``CLIPImageProcessor``) or "object" (host-side, not a flax
+    model: ``model_class.from_pretrained(folder, ...)`` returns the component itself, e.g. ``IFWatermarker``).
 
     For models, ``model_class`` is the jaxgen class; ``library_classes`` lists the class names that
     model_index.json may give for it (checked, so a wrong folder fails with a clear message).
@@ -148,6 +152,12 @@ def unbind(bound: Any) -> tuple[Any, Any]:
     return module, variables["params"]
 
 
+@functools.partial(jax.jit, static_argnames=("module",))
+def encode_text(module: Any, params: Any, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """T5 (or any text encoder with ``last_hidden_state``): (B, L) ids and mask -> (B, L, D) embeddings."""
+    return module.apply({"params": params}, input_ids, attention_mask=attention_mask).last_hidden_state
+
+
 def _load_tokenizer(folder: Path, class_name: str):
     import transformers
 
@@ -157,6 +167,15 @@ def _load_tokenizer(folder: Path, class_name: str):
     if cls is None:
         cls = transformers.AutoTokenizer
     return cls.from_pretrained(os.fspath(folder))
+
+
+def _load_image_processor(folder: Path, class_name: str):
+    """A transformers image processor (``preprocessor_config.json``): numpy/PIL preprocessing, no model."""
+    import transformers
+
+    if "ImageProcessor" not in class_name and not class_name.endswith("FeatureExtractor"):  # ...Fast, ...Pil too
+        raise hub.CheckpointError(f"{folder}: {class_name!r} is not an image processor class")
+    return transformers.AutoImageProcessor.from_pretrained(os.fspath(folder))
 
 
 def _load_scheduler(folder: Path, class_name: str | None):
@@ -172,7 +191,10 @@ def _load_scheduler(folder: Path, class_name: str | None):
 class DiffusionPipeline:
     """Base of jaxgen pipelines: construction from components and ``from_pretrained``.
 
-    Subclasses declare ``_components`` (name -> ``ComponentSpec``) in diffusers' order.
+    Subclasses declare ``_components`` (name -> ``ComponentSpec``) in diffusers' order, and
+    ``_config`` (name -> default): the pipeline's own settings that diffusers keeps in
+    model_index.json (``max_noise_level``); ``from_pretrained`` reads them from there, the
+    constructor takes them as keywords, and ``pipe.config`` reads them back.
     ``Pipeline(mesh=None, **components)``: with a ``mesh``, every model component's params are
     placed on it by the partition rules; without one, the mesh is the one the params are already
     on (``Other(**pipe.components)`` shares ``pipe``'s mesh and params), or, for params on one
@@ -180,8 +202,12 @@ class DiffusionPipeline:
     """
 
     _components: ClassVar[dict[str, ComponentSpec]] = {}
+    _config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, mesh: Mesh | None = None, **components: Any) -> None:
+        from jaxgen.schedulers.base import FrozenConfig
+
+        self.config = FrozenConfig({k: components.pop(k, default) for k, default in self._config.items()})
         unknown = set(components) - set(self._components)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown components {sorted(unknown)}; expected {list(self._components)}")
@@ -229,24 +255,27 @@ class DiffusionPipeline:
 
         A component passed by keyword is used as given (``None``: not loaded). ``dtype`` is the
         models' params and computation dtype; ``variant="fp16"`` reads ``*.fp16.safetensors``.
-        ``mesh``: the ``jax.sharding.Mesh`` to run on; default ``jaxgen.sharding.make_mesh()``,
-        all local devices on the ``data`` axis (batches split, weights replicated). Pass
-        ``make_mesh(data=..., model=...)`` to split the weights of big components (T5-XXL) over
-        ``model`` too. Each param is placed straight into its shards.
+        ``mesh``: the ``jax.sharding.Mesh`` to run on. Default: all local devices on the ``data``
+        axis (batches split, weights replicated), unless the components' params (sizes from their
+        configs, in ``dtype``, before anything is loaded) take more than 60% of one device's memory:
+        then the weights are split over a ``model`` axis as well, the smallest that fits
+        (``jaxgen.sharding.auto_mesh``; the choice is logged). Pass ``make_mesh(data=..., model=...)``
+        to choose. Each param is placed straight into its shards.
         """
-        unknown = set(components) - set(cls._components)
+        unknown = set(components) - set(cls._components) - set(cls._config)
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained got unknown keyword arguments {sorted(unknown)}")
-        if mesh is None:
-            mesh = sharding.make_mesh()
         root = hub.resolve_checkpoint(pretrained_model_name_or_path)
         index = hub.load_model_index(root)
+        if mesh is None:
+            mesh = cls._default_mesh(root, index, dtype, components)
         loaded = dict(components)
+        loaded.update({k: index[k] for k in cls._config if k in index and k not in components})
         for name, spec in cls._components.items():
             if name in loaded:
                 continue
             entry = index.get(name)
-            if entry is None:
+            if entry is None or entry[1] is None:  # absent, or saved as None ([null, null]) by diffusers
                 if spec.optional:
                     loaded[name] = None
                     continue
@@ -264,9 +293,101 @@ class DiffusionPipeline:
                 loaded[name] = _load_tokenizer(folder, class_name)
             elif spec.kind == "scheduler":
                 loaded[name] = _load_scheduler(folder, class_name)
+            elif spec.kind == "processor":
+                loaded[name] = _load_image_processor(folder, class_name)
+            elif spec.kind == "object":
+                loaded[name] = spec.model_class.from_pretrained(folder, dtype=dtype, variant=variant, mesh=mesh)
             else:  # pragma: no cover - a spec bug
                 raise ValueError(f"unknown component kind {spec.kind!r}")
         return cls(mesh=mesh, **loaded)
+
+    @classmethod
+    def _default_mesh(cls, root: Path, index: Mapping[str, Any], dtype: Any, components: Mapping[str, Any]) -> Mesh:
+        """``sharding.auto_mesh`` for the model components this ``from_pretrained`` call will hold.
+
+        Sizes come from shapes only (``param_shapes()`` of each config, cast to ``dtype``); a
+        component passed in counts with its own params. Nothing is computed where the device memory
+        is unknown (CPU) or there is one device: the mesh is then plain data parallel.
+        """
+        from jaxgen.quantize import cast_floating, param_bytes
+
+        devices = jax.local_devices()
+        device_bytes = sharding.device_memory_bytes(devices[0])
+        if device_bytes is None or len(devices) == 1:
+            return sharding.auto_mesh({}, device_bytes, devices)
+        sizes: dict[str, int] = {}
+        replicated = []
+        for name, spec in cls._components.items():
+            if spec.kind != "model":
+                continue
+            if name in components:
+                if components[name] is None:
+                    continue
+                module, variables = bind_model(components[name]).unbind()
+                sizes[name] = param_bytes(variables["params"])
+            else:
+                entry = index.get(name)
+                if entry is None or entry[1] is None:
+                    continue  # missing or optional: from_pretrained reports it
+                module = spec.model_class.from_config(
+                    hub.load_config(hub.component_folder(root, name), spec.model_class.config_name), dtype=dtype
+                )
+                sizes[name] = param_bytes(cast_floating(module.param_shapes(), dtype))
+            if type(module).__name__ not in sharding.PARAM_AXES:
+                replicated.append(name)
+        return sharding.auto_mesh(sizes, device_bytes, devices, replicated=replicated)
+
+    def _encode_text(self, texts: list[str], max_length: int, warn_truncation: bool = False) -> tuple[jax.Array, jax.Array]:
+        """``self.tokenizer`` + ``self.text_encoder`` (T5-style: ``last_hidden_state``) on prepared texts.
+
+        Pads and truncates to ``max_length`` (diffusers' truncation warning with ``warn_truncation``);
+        the prompts are split over the mesh's data axis, encoded, gathered. Returns
+        ``(embeds (N, max_length, D), attention_mask (N, max_length) int32)``.
+        """
+        if self.tokenizer is None or self.text_encoder is None:
+            raise ValueError(
+                "this pipeline was loaded without `tokenizer`/`text_encoder`: pass `prompt_embeds` (and the"
+                " negative ones when guidance_scale > 1, with their attention masks where the pipeline takes them)"
+            )
+        inputs = self.tokenizer(
+            texts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
+            return_tensors="np",
+        )
+        if warn_truncation:
+            untruncated = self.tokenizer(texts, padding="longest", return_tensors="np").input_ids
+            if untruncated.shape[-1] >= inputs.input_ids.shape[-1] and not np.array_equal(inputs.input_ids, untruncated):
+                removed = self.tokenizer.batch_decode(untruncated[:, max_length - 1 : -1])
+                logger.warning(
+                    "The following part of your input was truncated because T5 can only handle sequences up to"
+                    f" {max_length} tokens: {removed}"
+                )
+        module, params = unbind(self.text_encoder)
+        ids, mask = np.asarray(inputs.input_ids, np.int32), np.asarray(inputs.attention_mask, np.int32)
+        # the prompts split over the mesh's data axis (padded to a multiple of it), then gathered
+        rows = self._padded_rows(len(texts))
+        with self._mesh_context():
+            embeds = encode_text(module, params, self._shard_rows(ids, rows), self._shard_rows(mask, rows))
+        return jnp.asarray(sharding.gather_rows(embeds, len(texts))), jnp.asarray(mask)
+
+    def _set_timesteps(
+        self, num_inference_steps: int | None, timesteps: Any, sigmas: Any, shape: tuple[int, ...], scheduler: Any = None
+    ) -> Any:
+        """``scheduler.set_timesteps`` (default ``self.scheduler``) with custom ``timesteps`` or ``sigmas``
+        where it takes them (diffusers' ``retrieve_timesteps`` checks and messages); returns the state."""
+        from jaxgen.pipelines.sampling import accepts
+
+        scheduler = self.scheduler if scheduler is None else scheduler
+        for name, values in (("sigmas", sigmas), ("timesteps", timesteps)):
+            if values is None:
+                continue
+            if not accepts(scheduler.set_timesteps, name):
+                kind = "sigmas" if name == "sigmas" else "timestep"
+                raise ValueError(
+                    f"The current scheduler class {type(scheduler)}'s `set_timesteps` does not support custom"
+                    f" {kind} schedules. Please check whether you are using the correct scheduler."
+                )
+            return scheduler.set_timesteps(**{name: list(values)}, shape=shape)
+        return scheduler.set_timesteps(num_inference_steps, shape=shape)
 
     def _progress(self, total: int):
         from tqdm.auto import tqdm

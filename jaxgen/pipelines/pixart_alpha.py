@@ -26,20 +26,16 @@ from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
 from jaxgen.pipelines.aspect_ratio_bins import (
     ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, classify_height_width_bin,
 )
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, unbind
-from jaxgen.pipelines.sampling import Denoiser, accepts, guidance_rows, run_denoise
+from jaxgen.pipelines.pipeline_utils import (
+    ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, encode_text, unbind,
+)
+from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.captions import text_preprocessing
 from jaxgen.text.t5 import T5EncoderModel
 
 __all__ = ["PixArtAlphaPipeline", "encode_text", "decode_latents"]
 
 logger = logging.getLogger(__name__)
-
-
-@functools.partial(jax.jit, static_argnames=("module",))
-def encode_text(module: Any, params: Any, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-    """T5 (or any text encoder with ``last_hidden_state``): (B, L) ids and mask -> (B, L, D) embeddings."""
-    return module.apply({"params": params}, input_ids, attention_mask=attention_mask).last_hidden_state
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -149,32 +145,6 @@ class PixArtAlphaPipeline(DiffusionPipeline):
             if component is not None:
                 return component.dtype
         return jnp.float32
-
-    def _encode_text(self, texts: list[str], max_length: int, warn_truncation: bool = False) -> tuple[jax.Array, jax.Array]:
-        if self.tokenizer is None or self.text_encoder is None:
-            raise ValueError(
-                "this pipeline was loaded without `tokenizer`/`text_encoder`: pass `prompt_embeds` and "
-                "`prompt_attention_mask` (and the negative ones when guidance_scale > 1)"
-            )
-        inputs = self.tokenizer(
-            texts, padding="max_length", max_length=max_length, truncation=True, add_special_tokens=True,
-            return_tensors="np",
-        )
-        if warn_truncation:
-            untruncated = self.tokenizer(texts, padding="longest", return_tensors="np").input_ids
-            if untruncated.shape[-1] >= inputs.input_ids.shape[-1] and not np.array_equal(inputs.input_ids, untruncated):
-                removed = self.tokenizer.batch_decode(untruncated[:, max_length - 1 : -1])
-                logger.warning(
-                    "The following part of your input was truncated because T5 can only handle sequences up to"
-                    f" {max_length} tokens: {removed}"
-                )
-        module, params = unbind(self.text_encoder)
-        ids, mask = np.asarray(inputs.input_ids, np.int32), np.asarray(inputs.attention_mask, np.int32)
-        # the prompts split over the mesh's data axis (padded to a multiple of it), then gathered
-        rows = self._padded_rows(len(texts))
-        with self._mesh_context():
-            embeds = encode_text(module, params, self._shard_rows(ids, rows), self._shard_rows(mask, rows))
-        return jnp.asarray(sharding.gather_rows(embeds, len(texts))), jnp.asarray(mask)
 
     def check_inputs(
         self, prompt, height, width, negative_prompt, callback_steps, prompt_embeds=None, negative_prompt_embeds=None,
@@ -394,20 +364,3 @@ class PixArtAlphaPipeline(DiffusionPipeline):
             _compile_only=True, **kwargs,
         )
         return time.perf_counter() - start
-
-    def _set_timesteps(self, num_inference_steps, timesteps, sigmas, shape) -> Any:
-        if sigmas is not None:
-            if not accepts(self.scheduler.set_timesteps, "sigmas"):
-                raise ValueError(
-                    f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
-                    " sigmas schedules. Please check whether you are using the correct scheduler."
-                )
-            return self.scheduler.set_timesteps(sigmas=list(sigmas), shape=shape)
-        if timesteps is not None:
-            if not accepts(self.scheduler.set_timesteps, "timesteps"):
-                raise ValueError(
-                    f"The current scheduler class {type(self.scheduler)}'s `set_timesteps` does not support custom"
-                    " timestep schedules. Please check whether you are using the correct scheduler."
-                )
-            return self.scheduler.set_timesteps(timesteps=list(timesteps), shape=shape)
-        return self.scheduler.set_timesteps(num_inference_steps, shape=shape)

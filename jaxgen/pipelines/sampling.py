@@ -38,6 +38,9 @@ class Denoiser:
     cond a pytree of (N, ...) arrays -> the model's output (N, h, w, C') in float32.
     ``guide(uncond, text, scale)``: the two halves' outputs -> the guided output.
     ``scheduler_input(output, latent_channels, scheduler)``: what the scheduler's step takes.
+    ``post_step(latents, previous, cond)``: the latents after a step, given those before it and the
+    conditioning of each sample (one row per latent row, the conditional half with guidance);
+    identity by default (inpainting blends the known region back in here).
     """
 
     def predict(self, params: Any, model_input: jax.Array, timestep: jax.Array, cond: Any) -> jax.Array:
@@ -50,6 +53,10 @@ class Denoiser:
     def scheduler_input(self, output: jax.Array, latent_channels: int, scheduler: Any) -> jax.Array:
         """Epsilon only: a learned variance (2x the latent channels) is dropped."""
         return output[..., :latent_channels] if output.shape[-1] == 2 * latent_channels else output
+
+    def post_step(self, latents: jax.Array, previous: jax.Array, cond: Any) -> jax.Array:
+        """After each scheduler step: the new latents (B, h, w, C), by default unchanged."""
+        return latents
 
 
 def _cfg_pairs(x: jax.Array) -> jax.Array:
@@ -94,18 +101,24 @@ def denoise(
 ) -> jax.Array:
     """The sampling loop: initial latents (B, h, w, C) -> denoised latents (B, h, w, C).
 
-    ``cond``: pytree of arrays with B rows, or 2B with guidance ([uncond; cond]). ``steps``: how
-    many of the state's steps to run, traced (``warmup`` compiles the very program a call runs,
-    with 0); None runs them all. ``batch_sharding``: the rows' ``NamedSharding`` (over ``data``).
+    ``cond``: pytree of arrays with B rows, or 2B with guidance ([uncond; cond]). The loop starts
+    at the state's ``step_index`` (traced: 0, or later to begin mid-schedule, as img2img does).
+    ``steps``: how many steps to run, traced (``warmup`` compiles the very program a call runs,
+    with 0); None runs the rest of the schedule. ``batch_sharding``: the rows' ``NamedSharding``.
+    The ``callback`` sees the loop's count (0, 1, ...), as diffusers' enumerate over its timesteps.
     """
-    num_steps = state.timesteps.shape[0] if steps is None else steps
+    start = state.step_index
+    num_steps = state.timesteps.shape[0] - start if steps is None else steps
     latent_channels = latents.shape[-1]
     step_kwargs = {} if eta is None else {"eta": eta}
     rows = lambda x: sharding.constrain(x, batch_sharding)
     cond = jax.tree_util.tree_map(lambda x: rows(_cfg_pairs(x) if do_cfg else x), cond)
+    # each sample's own conditioning for post_step (its conditional row; unused ones are compiled away)
+    sample_cond = jax.tree_util.tree_map(lambda x: rows(x[1::2]), cond) if do_cfg else cond
 
-    def body(i, carry):
+    def body(j, carry):
         latents, state = carry
+        i = start + j
         t = state.timesteps[i]
         model_input = rows(jnp.repeat(latents, 2, axis=0)) if do_cfg else latents
         model_input = scheduler.scale_model_input(state, model_input, t)
@@ -115,15 +128,16 @@ def denoise(
             pairs = output.reshape((-1, 2) + output.shape[1:])
             output = denoiser.guide(pairs[:, 0], pairs[:, 1], guidance_scale)
         output = denoiser.scheduler_input(output, latent_channels, scheduler)
+        previous = latents
         latents, state = scheduler.step(state, output, t, latents, jax.random.fold_in(key, i), **step_kwargs)
-        latents = rows(latents)
+        latents = rows(denoiser.post_step(latents, previous, sample_cond))
         if show_progress:
-            progress.tick(i)
+            progress.tick(j)
         if callback is not None:
             seen = latents[: callback.rows]
             if batch_sharding is not None:  # gathered on every device: the host callback reads one
                 seen = sharding.constrain(seen, NamedSharding(batch_sharding.mesh, PartitionSpec()))
-            jax.lax.cond(i % callback_steps == 0, lambda: jax.debug.callback(callback.fn, i, t, seen), lambda: None)
+            jax.lax.cond(j % callback_steps == 0, lambda: jax.debug.callback(callback.fn, j, t, seen), lambda: None)
         return latents, state
 
     latents, _ = jax.lax.fori_loop(0, num_steps, body, (rows(latents), state))
@@ -164,8 +178,9 @@ def run_denoise(
     """Run ``denoise`` for a pipeline: its mesh, its progress bar, its scheduler; ``rows`` unpadded rows.
 
     Must be called inside ``pipe._mesh_context()``. ``compile_only`` runs zero steps (warmup).
+    The loop runs from the state's ``step_index`` to the end of its timesteps.
     """
-    num_steps = int(state.timesteps.shape[0])
+    num_steps = int(state.timesteps.shape[0]) - int(state.step_index)
     show_progress = not pipe._progress_bar_config.get("disable", False)
     run = functools.partial(
         denoise, denoiser, pipe.scheduler, params, latents, state, cond, jnp.float32(guidance_scale), key,
