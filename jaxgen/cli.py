@@ -23,27 +23,84 @@ def _output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
 
 
-def _generate(args: argparse.Namespace) -> int:
-    import jax.numpy as jnp
-
-    from jaxgen.pipelines.auto_pipeline import AutoPipelineForText2Image
-
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    pipe = AutoPipelineForText2Image.from_pretrained(args.model, dtype=dtype)
-    call = {"num_inference_steps": args.steps, "rng": args.seed, "num_images_per_prompt": args.num_images}
-    for name, value in (("height", args.height), ("width", args.width), ("guidance_scale", args.guidance)):
-        if value is not None:
-            call[name] = value
-    if args.no_resolution_binning:
-        call["use_resolution_binning"] = False
-    if args.negative_prompt is not None:
-        call["negative_prompt"] = args.negative_prompt
-    images = pipe(args.prompt, **call).images
-    for image, path in zip(images, _output_paths(args.out, len(images))):
+def _save_pngs(images: list, paths: list[Path]) -> None:
+    for image, path in zip(images, paths):
         tmp = path.with_name(path.name + ".tmp")
         image.save(tmp, format="PNG")
         os.replace(tmp, path)  # atomic: no half-written image is ever seen at `path`
         print(path)
+
+
+def _stage_paths(out: str, count: int, stage: int) -> list[Path]:
+    """Where stage ``stage``'s images go with --save-stages: the output names with ``-stageN`` added."""
+    return [p.with_name(f"{p.stem}-stage{stage}{p.suffix}") for p in _output_paths(out, count)]
+
+
+def _if_cascade(args: argparse.Namespace, stage_1, dtype, call: dict) -> list:
+    """DeepFloyd IF as its documentation runs it: stage I (64 px), II (256 px), III (the x4 upscaler, 1024 px).
+
+    The prompt is encoded once with stage I's T5 and reused by stage II (loaded without a text
+    encoder); stage III encodes it with its own CLIP. Returns the last stage's PIL images.
+    """
+    from jaxgen.image_processing import numpy_to_pil
+    from jaxgen.pipelines.deepfloyd_if import IFSuperResolutionPipeline
+    from jaxgen.pipelines.stable_diffusion_upscale import StableDiffusionUpscalePipeline
+
+    if not 1 <= args.stages <= 3:
+        raise ValueError(f"--stages must be 1, 2 or 3, got {args.stages}")
+    per_stage = {k: v for k, v in call.items() if k in ("num_inference_steps", "rng", "num_images_per_prompt", "guidance_scale")}
+    negative = args.negative_prompt
+    embeds, negative_embeds = stage_1.encode_prompt(args.prompt, negative_prompt=negative)
+    geometry = {k: call[k] for k in ("height", "width") if k in call}
+    last = args.stages == 1
+    images = stage_1(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, output_type="pil" if last else "np",
+                     **geometry, **per_stage).images
+    if last:
+        return images
+    if args.save_stages:
+        _save_pngs(numpy_to_pil(images), _stage_paths(args.out, len(images), 1))
+    del stage_1  # stage I's weights (and T5, unless stage II shares it) can go
+    stage_2 = IFSuperResolutionPipeline.from_pretrained(args.stage2_model, dtype=dtype, text_encoder=None)
+    last = args.stages == 2
+    per_stage["num_images_per_prompt"] = 1  # stage I already made one row per image
+    embeds2 = embeds.repeat(args.num_images, axis=0) if args.num_images > 1 else embeds
+    negative2 = negative_embeds.repeat(args.num_images, axis=0) if negative_embeds is not None and args.num_images > 1 else negative_embeds
+    images = stage_2(image=images, prompt_embeds=embeds2, negative_prompt_embeds=negative2,
+                     output_type="pil" if last else "np", **per_stage).images
+    if last:
+        return images
+    if args.save_stages:
+        _save_pngs(numpy_to_pil(images), _stage_paths(args.out, len(images), 2))
+    del stage_2
+    stage_3 = StableDiffusionUpscalePipeline.from_pretrained(args.stage3_model, dtype=dtype)
+    prompts = [args.prompt] * len(images)
+    negatives = None if negative is None else [negative] * len(images)
+    return stage_3(prompt=prompts, negative_prompt=negatives, image=images, noise_level=args.noise_level,
+                   **per_stage).images
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from jaxgen.pipelines.auto_pipeline import AutoPipelineForText2Image
+    from jaxgen.pipelines.deepfloyd_if import IFPipeline
+
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    pipe = AutoPipelineForText2Image.from_pretrained(args.model, dtype=dtype)
+    call = {"rng": args.seed, "num_images_per_prompt": args.num_images}
+    for name, value in (("num_inference_steps", args.steps), ("height", args.height), ("width", args.width),
+                        ("guidance_scale", args.guidance)):
+        if value is not None:
+            call[name] = value
+    if isinstance(pipe, IFPipeline):
+        images = _if_cascade(args, pipe, dtype, call)
+    else:
+        if args.no_resolution_binning:
+            call["use_resolution_binning"] = False
+        if args.negative_prompt is not None:
+            call["negative_prompt"] = args.negative_prompt
+        images = pipe(args.prompt, **call).images
+    _save_pngs(images, _output_paths(args.out, len(images)))
     return 0
 
 
@@ -56,8 +113,9 @@ def _batch(args: argparse.Namespace) -> int:
     read_prompts(args.prompts, seed=args.seed)  # a bad prompts file fails before anything loads
     if args.distributed:
         jax.distributed.initialize()
-    call = {"num_inference_steps": args.steps}
-    for name, value in (("height", args.height), ("width", args.width), ("guidance_scale", args.guidance)):
+    call = {}
+    for name, value in (("num_inference_steps", args.steps), ("height", args.height), ("width", args.width),
+                        ("guidance_scale", args.guidance)):
         if value is not None:
             call[name] = value
     if args.no_resolution_binning:
@@ -79,7 +137,8 @@ def _batch(args: argparse.Namespace) -> int:
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
     """The options `generate` and `batch` share."""
     parser.add_argument("--model", required=True, help="Hub repo id, diffusers folder, or `python -m convert` folder")
-    parser.add_argument("--steps", type=int, default=20, help="number of denoising steps (default 20)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps, every stage (default: each pipeline's own, PixArt 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
@@ -98,6 +157,12 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     _sampling_args(gen)
     gen.add_argument("--out", default="image.png", help="file (several images get -0, -1, ...) or folder")
+    cascade = gen.add_argument_group("DeepFloyd IF cascade (when --model is an IF stage I)")
+    cascade.add_argument("--stages", type=int, default=3, help="run stages I..N: 1 (64 px), 2 (256 px), 3 (1024 px)")
+    cascade.add_argument("--stage2-model", default="DeepFloyd/IF-II-L-v1.0")
+    cascade.add_argument("--stage3-model", default="stabilityai/stable-diffusion-x4-upscaler")
+    cascade.add_argument("--noise-level", type=int, default=100, help="stage III's noise level (default 100)")
+    cascade.add_argument("--save-stages", action="store_true", help="also write each earlier stage's images (-stage1, -stage2)")
 
     batch = sub.add_parser(
         "batch", help="generate a set of prompts into a folder, resumable",

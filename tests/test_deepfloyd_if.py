@@ -507,3 +507,22 @@ def test_bad_input_fails_before_compiling(stage1, stage2, name, kwargs, message)
 def test_generator_is_refused_with_a_pointer_to_rng(stage1):
     with pytest.raises(TypeError, match="rng"):
         stage1[2]("a cat", generator=torch.Generator())
+
+
+def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, tmp_path):
+    """`jaxgen generate --model <IF stage I>` runs stages I, II and III (here: tiny ones) in one command."""
+    from tests.test_stable_diffusion_upscale import build_tiny_upscale
+    from jaxgen.cli import main
+
+    folder1, _, _ = stage1
+    folder2, _, _ = stage2
+    folder3 = tmp_path / "stage3"
+    build_tiny_upscale(folder3)
+    out = tmp_path / "cascade.png"
+    argv = ["generate", PROMPTS[0], "--model", str(folder1), "--stage2-model", str(folder2), "--stage3-model",
+            str(folder3), "--steps", "2", "--seed", "3", "--height", "16", "--width", "16", "--save-stages",
+            "--noise-level", "20", "--out", str(out)]
+    assert main(argv) == 0
+    sizes = {p.name: PIL.Image.open(p).size for p in tmp_path.glob("cascade*.png")}
+    assert sizes == {"cascade-stage1.png": (16, 16), "cascade-stage2.png": (32, 32), "cascade.png": (64, 64)}
+    assert main(argv[:-2] + ["--stages", "4", "--out", str(tmp_path / "x.png")]) == 2

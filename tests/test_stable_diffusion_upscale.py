@@ -42,15 +42,14 @@ def make_clip_tokenizer(folder: Path, max_length: int = 12):
     return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
 
 
-@pytest.fixture(scope="module")
-def tiny_upscale(tmp_path_factory, shared_configs):
-    """(folder, diffusers pipeline, jaxgen pipeline) of a tiny x4-upscaler-like pipeline."""
+def build_tiny_upscale(folder: Path):
+    """Build, perturb and ``save_pretrained`` a tiny x4-upscaler-like diffusers pipeline; returns it."""
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    import jaxgen
+    from tests.conftest import SHARED_CONFIGS
 
-    folder = tmp_path_factory.mktemp("tiny_upscale")
+    folder = Path(folder)
     torch.manual_seed(0)
     tokenizer = make_clip_tokenizer(folder / "_tok")
     text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -71,13 +70,23 @@ def tiny_upscale(tmp_path_factory, shared_configs):
     )
     for i, m in enumerate((text_encoder, unet, vae)):
         perturb_(m, seed=i)
-    configs = shared_configs / REPO
+    configs = SHARED_CONFIGS / REPO
     scheduler = DDIMScheduler.from_config(json.loads((configs / "scheduler" / "scheduler_config.json").read_text()))
     low_res = DDPMScheduler.from_config(json.loads((configs / "low_res_scheduler" / "scheduler_config.json").read_text()))
     pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                           low_res_scheduler=low_res, scheduler=scheduler, max_noise_level=350)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(folder)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_upscale(tmp_path_factory, shared_configs):
+    """(folder, diffusers pipeline, jaxgen pipeline) of a tiny x4-upscaler-like pipeline."""
+    import jaxgen
+
+    folder = tmp_path_factory.mktemp("tiny_upscale")
+    pipe = build_tiny_upscale(folder)
     ours = jaxgen.StableDiffusionUpscalePipeline.from_pretrained(folder)
     ours.set_progress_bar_config(disable=True)
     return folder, pipe, ours
