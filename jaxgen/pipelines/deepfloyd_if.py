@@ -39,7 +39,7 @@ from jaxgen.pipelines.if_timesteps import (  # noqa: F401  (re-exported: `timest
     fast27_timesteps, smart27_timesteps, smart50_timesteps, smart100_timesteps, smart185_timesteps,
     super27_timesteps, super40_timesteps, super100_timesteps,
 )
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, unbind
+from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, unbind
 from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.captions import text_preprocessing
 from jaxgen.text.t5 import T5EncoderModel
@@ -364,34 +364,7 @@ class _IFPipelineBase(DiffusionPipeline):
     @staticmethod
     def _check_prompt_inputs(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds) -> None:
         """diffusers' checks of the prompt arguments, same messages."""
-        if callback_steps is None or not isinstance(callback_steps, int) or callback_steps <= 0:
-            raise ValueError(
-                f"`callback_steps` has to be a positive integer but is {callback_steps} of type"
-                f" {type(callback_steps)}."
-            )
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
-                " only forward one of the two."
-            )
-        if prompt is None and prompt_embeds is None:
-            raise ValueError(
-                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
-            )
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
-                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
-            )
-        if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
-                raise ValueError(
-                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                    f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
-                    f" {np.shape(negative_prompt_embeds)}."
-                )
+        check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
 
     @staticmethod
     def _check_image(name: str, image: Any, batch_size: int) -> None:

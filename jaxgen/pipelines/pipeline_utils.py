@@ -33,7 +33,7 @@ from jaxgen import hub, sharding
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model", "set_compilation_cache",
+    "check_prompt_arguments", "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model", "set_compilation_cache",
     "DEFAULT_COMPILATION_CACHE", "encode_text",
 ]
 
@@ -112,6 +112,39 @@ class ComponentSpec:
     model_class: Any = None
     library_classes: tuple[str, ...] = ()
     optional: bool = False
+
+
+
+def check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds) -> None:
+    """The prompt checks diffusers' text-to-image pipelines share, with their messages: raised before
+    anything is encoded or compiled."""
+    if callback_steps is None or not isinstance(callback_steps, int) or callback_steps <= 0:
+        raise ValueError(
+            f"`callback_steps` has to be a positive integer but is {callback_steps} of type {type(callback_steps)}."
+        )
+    if prompt is not None and prompt_embeds is not None:
+        raise ValueError(
+            f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
+            " only forward one of the two."
+        )
+    if prompt is None and prompt_embeds is None:
+        raise ValueError(
+            "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
+        )
+    if prompt is not None and not isinstance(prompt, (str, list)):
+        raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError(
+            f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
+            f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
+        )
+    if prompt_embeds is not None and negative_prompt_embeds is not None:
+        if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
+            raise ValueError(
+                "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
+                f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
+                f" {np.shape(negative_prompt_embeds)}."
+            )
 
 
 def as_key(rng: Any) -> jax.Array:

@@ -27,7 +27,7 @@ from jaxgen.pipelines.aspect_ratio_bins import (
     ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, classify_height_width_bin,
 )
 from jaxgen.pipelines.pipeline_utils import (
-    ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, encode_text, unbind,
+    ComponentSpec, DiffusionPipeline, ImagePipelineOutput, as_key, check_prompt_arguments, encode_text, unbind,
 )
 from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.captions import text_preprocessing
@@ -153,29 +153,10 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         """diffusers' checks, same messages; raised before anything is encoded or compiled."""
         if height % 8 != 0 or width % 8 != 0:
             raise ValueError(f"`height` and `width` have to be divisible by 8 but are {height} and {width}.")
-        if callback_steps is None or not isinstance(callback_steps, int) or callback_steps <= 0:
-            raise ValueError(
-                f"`callback_steps` has to be a positive integer but is {callback_steps} of type {type(callback_steps)}."
-            )
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
-                " only forward one of the two."
-            )
-        if prompt is None and prompt_embeds is None:
-            raise ValueError(
-                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
-            )
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if prompt is not None and negative_prompt_embeds is not None:
             raise ValueError(
                 f"Cannot forward both `prompt`: {prompt} and `negative_prompt_embeds`:"
-                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
-            )
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
                 f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
             )
         if prompt_embeds is not None and prompt_attention_mask is None:
@@ -183,12 +164,6 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         if negative_prompt_embeds is not None and negative_prompt_attention_mask is None:
             raise ValueError("Must provide `negative_prompt_attention_mask` when specifying `negative_prompt_embeds`.")
         if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
-                raise ValueError(
-                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                    f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
-                    f" {np.shape(negative_prompt_embeds)}."
-                )
             if np.shape(prompt_attention_mask) != np.shape(negative_prompt_attention_mask):
                 raise ValueError(
                     "`prompt_attention_mask` and `negative_prompt_attention_mask` must have the same shape when passed"

@@ -29,7 +29,7 @@ from jaxgen.models.autoencoder_kl import AutoencoderKL, tile_sizes, tiled_decode
 from jaxgen.models.safety_checker import IFSafetyChecker
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, unbind
+from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, unbind
 from jaxgen.pipelines.pixart_alpha import decode_latents
 from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.clip import CLIPTextModel
@@ -259,36 +259,9 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
     ) -> None:
         """diffusers' checks and messages, plus a noise level inside the low-res schedule; raised before
         anything is encoded or compiled."""
-        if callback_steps is None or not isinstance(callback_steps, int) or callback_steps <= 0:
-            raise ValueError(
-                f"`callback_steps` has to be a positive integer but is {callback_steps} of type"
-                f" {type(callback_steps)}."
-            )
-        if prompt is not None and prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `prompt`: {prompt} and `prompt_embeds`: {prompt_embeds}. Please make sure to"
-                " only forward one of the two."
-            )
-        if prompt is None and prompt_embeds is None:
-            raise ValueError(
-                "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
-            )
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-        if negative_prompt is not None and negative_prompt_embeds is not None:
-            raise ValueError(
-                f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
-                f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
-            )
+        check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if prompt_embeds is not None and np.ndim(prompt_embeds) != 3:
             raise ValueError(f"`prompt_embeds` must be (batch, tokens, width), got shape {np.shape(prompt_embeds)}")
-        if prompt_embeds is not None and negative_prompt_embeds is not None:
-            if np.shape(prompt_embeds) != np.shape(negative_prompt_embeds):
-                raise ValueError(
-                    "`prompt_embeds` and `negative_prompt_embeds` must have the same shape when passed directly, but"
-                    f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
-                    f" {np.shape(negative_prompt_embeds)}."
-                )
         if image is None:
             raise ValueError("`image` input cannot be undefined.")
         if not isinstance(image, (PIL.Image.Image, np.ndarray, jax.Array, list)):
