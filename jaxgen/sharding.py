@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "DATA", "MODEL", "LOGICAL_AXIS_RULES", "PARAM_AXES", "DIFFUSERS_TRANSFORMER_AXES", "T5_AXES",
+    "DATA", "MODEL", "LOGICAL_AXIS_RULES", "PARAM_AXES", "DIFFUSERS_TRANSFORMER_AXES", "T5_AXES", "UNET_AXES",
     "make_mesh", "auto_mesh", "AUTO_MESH_FRACTION", "device_memory_bytes", "data_size", "logical_to_mesh_axes", "param_logical_axes", "param_specs", "param_shardings",
     "place_params", "put_host_array", "batch_sharding", "padded_size", "pad_rows", "shard_batch",
     "gather_rows", "mesh_of", "constrain", "place_matching",
@@ -86,9 +86,22 @@ T5_AXES: tuple[tuple[str, Axes], ...] = (
 )
 """Logical axes of transformers' T5 encoder params (the layer norms and the position bias replicate)."""
 
+UNET_AXES: tuple[tuple[str, Axes], ...] = DIFFUSERS_TRANSFORMER_AXES + (
+    # added-KV attention (IF's SimpleCrossAttn blocks): the text projections split by heads too
+    (r"(.*/)?add_[kv]_proj/kernel", ("embed", "heads")),
+    (r"(.*/)?add_[kv]_proj/bias", ("heads",)),
+    # resnets as Megatron pairs: conv1 splits its output channels, conv2 its input channels, so
+    # the block's output is whole again (most of IF-I-XL's 4.3B parameters are in these convs)
+    (r"(.*/)?resnets\.\d+/conv1/kernel", (None, None, "embed", "mlp")),
+    (r"(.*/)?resnets\.\d+/conv1/bias", ("mlp",)),
+    (r"(.*/)?resnets\.\d+/conv2/kernel", (None, None, "mlp", "embed")),
+)
+"""Logical axes of UNet2DConditionModel params (attention as diffusers' transformers; resnet convs)."""
+
 PARAM_AXES: dict[str, tuple[tuple[str, Axes], ...]] = {
     "T5EncoderModel": T5_AXES,
     "PixArtTransformer2DModel": DIFFUSERS_TRANSFORMER_AXES,
+    "UNet2DConditionModel": UNET_AXES,
 }
 """Model class name -> its (path pattern, logical axes) table. Classes not listed are replicated."""
 
