@@ -263,7 +263,6 @@ class DiffusionPipeline:
             setattr(self, name, value)
         self.mesh: Mesh = mesh
         self._progress_bar_config: dict[str, Any] = {}
-        self._jitted: dict[Any, Callable] = {}
 
     @property
     def components(self) -> dict[str, Any]:
@@ -426,13 +425,6 @@ class DiffusionPipeline:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, **{"leave": True, **self._progress_bar_config})
-
-    def _cached_jit(self, key: Any, build: Callable[[], Callable]) -> Callable:
-        """One jitted function per static key (jit itself caches per input shape)."""
-        fn = self._jitted.get(key)
-        if fn is None:
-            fn = self._jitted[key] = build()
-        return fn
 
     def _mesh_context(self):
         """Context for the compiled calls: ``pipe.mesh`` as jax's mesh, so that kernels XLA cannot
