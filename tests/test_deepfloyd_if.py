@@ -526,3 +526,16 @@ def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, tmp_path):
     sizes = {p.name: PIL.Image.open(p).size for p in tmp_path.glob("cascade*.png")}
     assert sizes == {"cascade-stage1.png": (16, 16), "cascade-stage2.png": (32, 32), "cascade.png": (64, 64)}
     assert main(argv[:-2] + ["--stages", "4", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_warmup_compiles_so_the_call_does_not(stage1):
+    from jaxgen.pipelines import sampling
+
+    _, _, pipe = stage1
+    settings = dict(height=8, width=24, num_inference_steps=2, guidance_scale=7.0, output_type="np")  # a new size
+    before = sampling.denoise._cache_size()
+    seconds = pipe.warmup(batch_size=1, **settings)
+    assert seconds > 0 and sampling.denoise._cache_size() == before + 1
+    images = pipe(PROMPTS[0], rng=0, **settings).images
+    assert images.shape == (1, 8, 24, 3) and np.isfinite(images).all()
+    assert sampling.denoise._cache_size() == before + 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -491,9 +492,11 @@ class _IFPipelineBase(DiffusionPipeline):
         mask: np.ndarray | None = None,
         low_res: np.ndarray | None = None,
         noise_level: int | None = None,
+        compile_only: bool = False,
     ) -> IFPipelineOutput | tuple:
         """Encode, prepare the images, run the compiled loop, post-process. Every array argument is
-        host-side, NHWC, one row per image of the batch (prompts x num_images_per_prompt)."""
+        host-side, NHWC, one row per image of the batch (prompts x num_images_per_prompt).
+        ``compile_only``: the loop runs zero steps (``warmup``)."""
         total = batch_size * num_images_per_prompt
         channels = self._image_channels()
         image_shape = (total, height, width, channels)
@@ -550,6 +553,7 @@ class _IFPipelineBase(DiffusionPipeline):
             out = run_denoise(
                 self, denoiser, params, self._shard_rows(np.asarray(intermediate, np.float32), rows), state, cond,
                 guidance_scale, step_key, eta=eta, callback=callback, callback_steps=callback_steps, rows=total,
+                compile_only=compile_only,
             )
         images = sharding.gather_rows(out, total)
 
@@ -670,6 +674,7 @@ class IFPipeline(_IFPipelineBase):
         e.g. ``fast27_timesteps``. Returns ``IFPipelineOutput``, or ``(images, nsfw_detected,
         watermark_detected)`` with ``return_dict=False``.
         """
+        compile_only = kwargs.pop("_compile_only", False)  # warmup(): everything but the loop's steps
         self._check_call_options(kwargs, num_images_per_prompt, guidance_scale, output_type, num_inference_steps,
                                  timesteps, cross_attention_kwargs)
         self.check_inputs(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
@@ -683,8 +688,35 @@ class IFPipeline(_IFPipelineBase):
             clean_caption=clean_caption, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
             timesteps=timesteps, eta=eta, rng=rng, latents=latents, callback=callback, callback_steps=callback_steps,
             output_type=output_type, return_dict=return_dict, height=height, width=width,
-            batch_size=self._batch_size(prompt, prompt_embeds),
+            batch_size=self._batch_size(prompt, prompt_embeds), compile_only=compile_only,
         )
+
+    def warmup(
+        self,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 100,
+        batch_size: int = 1,
+        guidance_scale: float = 7.0,
+        num_images_per_prompt: int = 1,
+        output_type: str = "pil",
+        **kwargs: Any,
+    ) -> float:
+        """Compile ahead what a call with these settings runs (text encoder, the sampling loop, the
+        safety checker), so that the call itself does not compile; ``batch_size`` is the number of
+        prompts, other ``__call__`` arguments go through ``kwargs``. The loop is compiled with its
+        step count set to 0, not run. Returns the seconds it took."""
+        start = time.perf_counter()
+        if self.tokenizer is not None and self.text_encoder is not None:
+            inputs: dict[str, Any] = {"prompt": [""] * batch_size}
+        else:
+            width_ = self.unet.config.encoder_hid_dim or self.unet.config.cross_attention_dim
+            embeds = np.zeros((batch_size, 77, width_), np.float32)
+            inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": embeds if guidance_scale > 1.0 else None}
+        self(**inputs, height=height, width=width, num_inference_steps=num_inference_steps,
+             guidance_scale=guidance_scale, num_images_per_prompt=num_images_per_prompt, output_type=output_type,
+             _compile_only=True, **kwargs)
+        return time.perf_counter() - start
 
 
 class IFImg2ImgPipeline(_IFPipelineBase):
