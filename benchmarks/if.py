@@ -44,7 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pixart import matmul_rate, torch_matmul_rate  # noqa: E402  (small shared helpers)
+from memory import _abstract_params as _abstract, _compile_stats, _flops  # noqa: E402  (shared helpers)
+from pixart import matmul_rate, torch_matmul_rate  # noqa: E402
 
 CONFIGS = REPO.parent / "shared" / "configs"
 IF_I = CONFIGS / "DeepFloyd__IF-I-XL-v1.0"
@@ -225,12 +226,6 @@ def _jaxgen_inputs(stage: Stage, resolution: int, dtype: Any, abstract: bool = F
     return x, cond
 
 
-def _flops(compiled: Any) -> float:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
-
 def bench_jaxgen(stage: Stage, resolution: int, dtype_name: str, steps: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -306,32 +301,6 @@ def bench_diffusers(stage: Stage, resolution: int, dtype_name: str, steps: int) 
 
 
 # ----------------------------------------------------------------------------- memory of the cascade
-
-
-def _compile_stats(fn: Callable, *args: Any) -> dict:
-    """Lower and compile ``fn`` on (abstract) args: XLA's memory analysis in bytes, FLOPs, compile time."""
-    import jax
-
-    start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    seconds = time.perf_counter() - start
-    m = compiled.memory_analysis()
-    stats = {
-        "argument_bytes": int(m.argument_size_in_bytes), "output_bytes": int(m.output_size_in_bytes),
-        "alias_bytes": int(m.alias_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
-        "flops": _flops(compiled), "compile_s": round(seconds, 1),
-    }
-    stats["peak_bytes"] = stats["argument_bytes"] + stats["output_bytes"] - stats["alias_bytes"] + stats["temp_bytes"]
-    return stats
-
-
-def _abstract(module: Any, dtype: Any, quantized: bool = False) -> Any:
-    import jax
-
-    from jaxgen.quantize import cast_floating, quantize_params
-
-    shapes = cast_floating(module.param_shapes(), dtype)
-    return jax.eval_shape(quantize_params, shapes) if quantized else shapes
 
 
 def _row(component: str, call: str, module: Any, params: Any, fn: Callable, *args: Any, dtype: str = "bfloat16") -> dict:

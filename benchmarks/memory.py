@@ -45,8 +45,15 @@ TEXT_LEN = 120  # PixArt-α's max_sequence_length
 CFG_BATCH = 2
 
 
+def _flops(compiled: Any) -> float:
+    """XLA's FLOP count of a compiled program (a loop body counts once)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
 def _compile_stats(fn: Callable, *args: Any) -> dict:
-    """Lower and compile ``fn`` on abstract args; XLA's memory analysis in bytes, and the compile time."""
+    """Lower and compile ``fn`` on abstract args: XLA's memory analysis in bytes, FLOPs, compile time."""
     import jax
 
     start = time.perf_counter()
@@ -58,6 +65,7 @@ def _compile_stats(fn: Callable, *args: Any) -> dict:
         "output_bytes": int(m.output_size_in_bytes),
         "alias_bytes": int(m.alias_size_in_bytes),
         "temp_bytes": int(m.temp_size_in_bytes),
+        "flops": _flops(compiled),
         "compile_s": round(seconds, 1),
     }
     stats["peak_bytes"] = stats["argument_bytes"] + stats["output_bytes"] - stats["alias_bytes"] + stats["temp_bytes"]
