@@ -10,18 +10,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from jaxgen.pipelines import PIPELINES  # a dict of names only: importing it is cheap
+
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it (every pipeline of jaxgen.pipelines.PIPELINES, and these)
 _EXPORTS = {
-    "PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha",
-    "IFPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFImg2ImgPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFImg2ImgSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFInpaintingPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFInpaintingSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale",
+    **PIPELINES,
     "AutoPipelineForText2Image": "jaxgen.pipelines.auto_pipeline",
     "AutoPipelineForImage2Image": "jaxgen.pipelines.auto_pipeline",
     "AutoPipelineForInpainting": "jaxgen.pipelines.auto_pipeline",

@@ -40,7 +40,9 @@ from jaxgen.pipelines.if_timesteps import (  # noqa: F401  (re-exported: `timest
     fast27_timesteps, smart27_timesteps, smart50_timesteps, smart100_timesteps, smart185_timesteps,
     super27_timesteps, super40_timesteps, super100_timesteps,
 )
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, unbind
+from jaxgen.pipelines.pipeline_utils import (
+    ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, negative_prompts, unbind,
+)
 from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.captions import text_preprocessing
 from jaxgen.text.t5 import T5EncoderModel
@@ -304,18 +306,7 @@ class _IFPipelineBase(DiffusionPipeline):
         if not do_classifier_free_guidance:
             return prompt_embeds, None
         if negative_prompt_embeds is None:
-            if negative_prompt is None:
-                uncond = [""] * batch_size
-            elif isinstance(negative_prompt, str):
-                uncond = [negative_prompt] * batch_size
-            elif batch_size != len(negative_prompt):
-                raise ValueError(
-                    f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
-                    f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
-                    " the batch size of `prompt`."
-                )
-            else:
-                uncond = negative_prompt
+            uncond = negative_prompts(negative_prompt, prompt, batch_size)
             negative_prompt_embeds, _ = self._encode_text(
                 text_preprocessing(uncond, clean_caption=clean_caption), prompt_embeds.shape[1]
             )

@@ -33,7 +33,8 @@ from jaxgen import hub, sharding
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "check_prompt_arguments", "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec", "as_key", "bind_model", "set_compilation_cache",
+    "check_prompt_arguments", "negative_prompts", "DiffusionPipeline", "ImagePipelineOutput", "ComponentSpec",
+    "as_key", "bind_model", "set_compilation_cache",
     "DEFAULT_COMPILATION_CACHE", "encode_text",
 ]
 
@@ -145,6 +146,22 @@ def check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embed
                 f" got: `prompt_embeds` {np.shape(prompt_embeds)} != `negative_prompt_embeds`"
                 f" {np.shape(negative_prompt_embeds)}."
             )
+
+
+def negative_prompts(negative_prompt: str | list[str] | None, prompt: Any, batch_size: int) -> list[str]:
+    """The unconditional texts for a batch, as diffusers' IF and Stable Diffusion encode_prompt make
+    them: "" for None, a string repeated, or a list of the batch's length (else diffusers' error)."""
+    if negative_prompt is None:
+        return [""] * batch_size
+    if isinstance(negative_prompt, str):
+        return [negative_prompt] * batch_size
+    if batch_size != len(negative_prompt):
+        raise ValueError(
+            f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
+            f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
+            " the batch size of `prompt`."
+        )
+    return list(negative_prompt)
 
 
 def as_key(rng: Any) -> jax.Array:

@@ -29,7 +29,9 @@ from jaxgen.models.autoencoder_kl import AutoencoderKL, tile_sizes, tiled_decode
 from jaxgen.models.safety_checker import IFSafetyChecker
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, unbind
+from jaxgen.pipelines.pipeline_utils import (
+    ComponentSpec, DiffusionPipeline, as_key, check_prompt_arguments, negative_prompts, unbind,
+)
 from jaxgen.pipelines.pixart_alpha import decode_latents
 from jaxgen.pipelines.sampling import Denoiser, guidance_rows, run_denoise
 from jaxgen.text.clip import CLIPTextModel
@@ -199,23 +201,13 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
         if not do_classifier_free_guidance:
             return prompt_embeds, None
         if negative_prompt_embeds is None:
-            if negative_prompt is None:
-                uncond = [""] * batch_size
-            elif prompt is not None and type(prompt) is not type(negative_prompt):
+            # Stable Diffusion's encode_prompt also wants both of one type (IF's does not)
+            if negative_prompt is not None and prompt is not None and type(prompt) is not type(negative_prompt):
                 raise TypeError(
                     f"`negative_prompt` should be the same type to `prompt`, but got {type(negative_prompt)} !="
                     f" {type(prompt)}."
                 )
-            elif isinstance(negative_prompt, str):
-                uncond = [negative_prompt] * batch_size
-            elif batch_size != len(negative_prompt):
-                raise ValueError(
-                    f"`negative_prompt`: {negative_prompt} has batch size {len(negative_prompt)}, but `prompt`:"
-                    f" {prompt} has batch size {batch_size}. Please make sure that passed `negative_prompt` matches"
-                    " the batch size of `prompt`."
-                )
-            else:
-                uncond = list(negative_prompt)
+            uncond = negative_prompts(negative_prompt, prompt, batch_size)
             # as diffusers: padded to the prompt's length, and never clip-skipped
             negative_prompt_embeds = self._encode_clip(uncond, None, max_length=prompt_embeds.shape[1])
         negative_prompt_embeds = jnp.repeat(jnp.asarray(negative_prompt_embeds).astype(dtype), num_images_per_prompt, axis=0)
