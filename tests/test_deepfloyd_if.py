@@ -493,11 +493,12 @@ def _bad_inputs():
 @pytest.mark.parametrize("name,kwargs,message", _bad_inputs(), ids=[f"{n}-{m}" for n, _, m in _bad_inputs()])
 def test_bad_input_fails_before_compiling(stage1, stage2, name, kwargs, message):
     import jaxgen
+    from jaxgen.models import safety_checker
     from jaxgen.pipelines import deepfloyd_if, pipeline_utils, sampling
 
     pipe = stage2[2] if "SuperResolution" in name else stage1[2]
     other = getattr(jaxgen, name)(**pipe.components)
-    jitted = (sampling.denoise, pipeline_utils.encode_text, deepfloyd_if.upscale_and_noise, deepfloyd_if._check_safety)
+    jitted = (sampling.denoise, pipeline_utils.encode_text, deepfloyd_if.upscale_and_noise, safety_checker.check_safety)
     before = [f._cache_size() for f in jitted]
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         other(**{"prompt": "a photo of a cat", "num_inference_steps": STEPS, **kwargs})

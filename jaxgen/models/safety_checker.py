@@ -8,6 +8,7 @@ score passes a threshold is replaced by a black image. Its config.json is a CLIP
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -20,7 +21,7 @@ from jaxgen.modeling import PretrainedModel
 from jaxgen.nn.linear import Dense
 from jaxgen.text.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-__all__ = ["IFSafetyChecker"]
+__all__ = ["IFSafetyChecker", "check_safety"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +84,9 @@ class IFSafetyChecker(nn.Module, PretrainedModel):
         images = jnp.asarray(images)
         flagged = (nsfw_detected | watermark_detected).reshape((-1,) + (1,) * (images.ndim - 1))
         return jnp.where(flagged, jnp.zeros_like(images), images), nsfw_detected, watermark_detected
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def check_safety(module: IFSafetyChecker, params: Any, clip_input: jax.Array, images: jax.Array):
+    """The checker compiled once per module and shapes: ``module.apply`` on (clip_input NHWC, images)."""
+    return module.apply({"params": params}, clip_input, images)

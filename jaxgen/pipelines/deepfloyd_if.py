@@ -33,7 +33,7 @@ import PIL.Image
 
 from jaxgen import sharding
 from jaxgen.image_processing import numpy_to_pil, postprocess
-from jaxgen.models.safety_checker import IFSafetyChecker
+from jaxgen.models.safety_checker import IFSafetyChecker, check_safety
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
 from jaxgen.pipelines.if_timesteps import (  # noqa: F401  (re-exported: `timesteps=fast27_timesteps`)
@@ -165,11 +165,6 @@ def upscale_and_noise(
 def _split_rng(rng: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``rng`` -> the keys of (the initial noise, stage II's upscaled-image noise, the sampling steps)."""
     return tuple(jax.random.split(as_key(rng), 3))
-
-
-@functools.partial(jax.jit, static_argnames=("module",))
-def _check_safety(module: Any, params: Any, clip_input: jax.Array, images: jax.Array):
-    return module.apply({"params": params}, clip_input, images)
 
 
 def resize(image: PIL.Image.Image, img_size: int) -> PIL.Image.Image:
@@ -344,7 +339,7 @@ class _IFPipelineBase(DiffusionPipeline):
         n = len(image)
         rows = self._padded_rows(n)  # one compiled checker for every batch up to a multiple of the data axis
         with self._mesh_context():
-            checked, nsfw, watermark = _check_safety(
+            checked, nsfw, watermark = check_safety(
                 module, params, self._shard_rows(clip_input, rows), self._shard_rows(np.asarray(image), rows)
             )
         jax.effects_barrier()  # the checker's warnings are logged before we return

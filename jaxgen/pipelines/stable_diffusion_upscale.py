@@ -26,7 +26,7 @@ import PIL.Image
 from jaxgen import sharding
 from jaxgen.image_processing import postprocess, preprocess
 from jaxgen.models.autoencoder_kl import AutoencoderKL, tile_sizes, tiled_decode
-from jaxgen.models.safety_checker import IFSafetyChecker
+from jaxgen.models.safety_checker import IFSafetyChecker, check_safety
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
 from jaxgen.pipelines.pipeline_utils import (
@@ -78,11 +78,6 @@ def _decode_tiled(module: Any, params: Any, latents: jax.Array, tile_sample_min_
     out = tiled_decode(module, params, z, tile_sample_min_size=tile_sample_min_size,
                        tile_latent_min_size=tile_latent_min_size)
     return out.sample.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("module",))
-def _check_safety(module: Any, params: Any, clip_input: jax.Array, images: jax.Array):
-    return module.apply({"params": params}, clip_input, images)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -435,7 +430,7 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
         pixel_values = self.feature_extractor(postprocess(images, "pil"), return_tensors="np").pixel_values
         clip_input = np.transpose(np.asarray(pixel_values, np.float32), (0, 2, 3, 1))  # NCHW -> NHWC
         module, params = unbind(self.safety_checker)
-        checked, nsfw, _ = _check_safety(module, params, jnp.asarray(clip_input, module.dtype), jnp.asarray(images))
+        checked, nsfw, _ = check_safety(module, params, jnp.asarray(clip_input, module.dtype), jnp.asarray(images))
         return np.asarray(checked, np.float32), [bool(x) for x in np.asarray(nsfw)]
 
     def warmup(
