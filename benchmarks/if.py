@@ -5,11 +5,14 @@ per denoising step of stage I (IF-I-XL, 4.3B) and stage II (an IF-II-L-like 1.2B
 IF-II-L config is not available, see ``if_ii_l_like_config``), each step being the UNet on a
 classifier-free-guidance batch of 2 (T5 embeddings (2, 77, 4096)), the guidance on the epsilon half
 and the DDPM learned-range step with dynamic thresholding, as diffusers' IF pipelines run it. jaxgen
-runs the steps in a ``jax.lax.fori_loop`` (compile time reported apart); diffusers runs its
-UNet2DConditionModel + DDPMScheduler loop. Each side builds, runs and frees its copy before the
-other builds its own (IF-I-XL is 17 GB in float32). FLOPs per step are read from the compiled
-program (``cost_analysis``) and compared with the floor: those FLOPs at the best rate of a large
-matmul on this machine (JAX's or PyTorch's, whichever is faster).
+runs the loop its IF pipelines ship: ``jaxgen.pipelines.sampling.denoise`` with the ``IFDenoiser``
+adapter and classifier-free guidance, the jitted function and static arguments the pipelines pass
+(``shipping_loop``), compiled ahead (compile time reported apart; the step count is traced, so the
+one-step warm-up runs the timed program); diffusers runs its UNet2DConditionModel + DDPMScheduler
+loop. Each side builds, runs and frees its copy before the other builds its own (IF-I-XL is 17 GB
+in float32). FLOPs per step are read from the compiled program (``cost_analysis``) and compared
+with the floor: those FLOPs at the best rate of a large matmul on this machine (JAX's or PyTorch's,
+whichever is faster).
 
 Peak memory of the whole cascade in bfloat16 (T5-XXL, stage I, stage II, the x4 upscaler's CLIP
 text encoder, UNet and VAE, IF's safety checker) without allocating it: param bytes from
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -47,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import _abstract_params as _abstract, _compile_stats, _flops  # noqa: E402  (shared helpers)
 from pixart import matmul_rate, torch_matmul_rate  # noqa: E402
 
-CONFIGS = REPO.parent / "shared" / "configs"
+CONFIGS = REPO / "tests" / "configs"
 IF_I = CONFIGS / "DeepFloyd__IF-I-XL-v1.0"
 IF_II = CONFIGS / "DeepFloyd__IF-II-L-v1.0"
 UPSCALER = CONFIGS / "stabilityai__stable-diffusion-x4-upscaler"
@@ -74,7 +78,7 @@ def _read(path: Path) -> dict:
 def if_ii_l_like_config() -> dict:
     """A stage-II UNet config (diffusers config.json keys) rebuilt from what is known of IF-II-L.
 
-    Known (../shared/configs/README.md, "Gaps and caveats" 1; diffusers' scripts/convert_if.py):
+    Known (tests/configs/README.md, "Gaps and caveats" 1; diffusers' scripts/convert_if.py):
     5 levels of ResnetDownsample / SimpleCrossAttn blocks, layers_per_block [2, 2, 3, 5, 5],
     class_embed_type "timestep" (noise level), addition_embed_type "text", encoder_hid_dim 4096,
     time_embedding_dim = the last level's width, gelu time-embedding activation, resnet_skip_time_act,
@@ -112,14 +116,26 @@ class Stage:
     noise_level: int | None = None
 
 
-def stages() -> dict[str, Stage]:
+def stages(tiny: bool = False) -> dict[str, Stage]:
+    """The two stages; ``tiny``: with tiny IF-like UNets (the tests' configs) instead, a smoke test."""
     strip = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return {
+    out = {
         "I": Stage("stage I", "IF-I-XL (4.3B), real config", strip(_read(IF_I / "unet" / "config.json")),
                    strip(_read(IF_I / "scheduler" / "scheduler_config.json")), guidance=7.0),
         "II": Stage("stage II", IF_II_LABEL, strip(if_ii_l_like_config()),
                     strip(_read(IF_II / "scheduler" / "scheduler_config.json")), guidance=4.0, noise_level=250),
     }
+    if tiny:
+        from jaxgen.models.unet_2d_condition import UNet2DConditionModelConfig
+
+        unet_ii = UNet2DConditionModelConfig.tiny(  # as tests/test_unet_2d_condition.py's IF_II
+            in_channels=6, out_channels=6, layers_per_block=(1, 1, 2), class_embed_type="timestep",
+            only_cross_attention=True, time_embedding_dim=32, time_embedding_act_fn="gelu", resnet_skip_time_act=True,
+            resnet_out_scale_factor=1 / 0.7071, mid_block_scale_factor=1 / 0.7071)
+        tiny_unets = {"I": UNet2DConditionModelConfig.tiny(), "II": unet_ii}
+        out = {k: dataclasses.replace(v, label=f"tiny {k}-like test config", unet=tiny_unets[k].to_dict())
+               for k, v in out.items()}
+    return out
 
 
 # ----------------------------------------------------------------------------- random weights
@@ -183,54 +199,50 @@ def torch_random_unet(config: dict, dtype: Any) -> Any:
     return model
 
 
-# ----------------------------------------------------------------------------- one IF step, jaxgen
+# ----------------------------------------------------------------------------- IF's sampling loop, jaxgen
 
 
-def jaxgen_step(stage: Stage, unet: Any, scheduler: Any) -> Callable:
-    """``step(params, x, state, cond, key, i) -> (x, state)``: one CFG denoising step as IF's pipelines do it.
+def shipping_loop(unet: Any, scheduler: Any) -> tuple[tuple, dict]:
+    """``sampling.denoise``'s static arguments as IF's pipelines pass them (``_IFPipelineBase._sample``
+    through ``DiffusionPipeline.denoise``): ``(IFDenoiser(unet), scheduler)`` to lead the call, and
+    classifier-free guidance and ``eta`` (None: DDPM's ``step`` takes none) as keywords. Left at their
+    defaults: the progress bar (a host callback per step, on unless disabled) and the rows' mesh
+    sharding (``batch_sharding``: a no-op constraint on one device)."""
+    from jaxgen.pipelines import sampling
+    from jaxgen.pipelines.deepfloyd_if import IFDenoiser
 
-    x (1, H, W, 3) float32; cond: ``embeds`` (2, 77, 4096) [uncond; cond], and for stage II
-    ``upscaled`` (1, H, W, 3) and ``noise_level`` (2,). Guidance on the epsilon half; the variance
-    half of the conditional row goes to the learned-range DDPM step.
-    """
-    import jax
-    import jax.numpy as jnp
-
-    def step(params, x, state, cond, key, i):
-        t = state.timesteps[i]
-        sample = x if stage.noise_level is None else jnp.concatenate([x, cond["upscaled"]], axis=-1)
-        model_input = scheduler.scale_model_input(state, jnp.concatenate([sample, sample]), t)
-        out = unet.apply(
-            {"params": params}, model_input.astype(unet.dtype), jnp.broadcast_to(t, (CFG_BATCH,)), cond["embeds"],
-            class_labels=cond.get("noise_level"),
-        ).sample.astype(jnp.float32)
-        c = x.shape[-1]
-        uncond, text = jnp.split(out, 2)
-        eps = uncond[..., :c] + stage.guidance * (text[..., :c] - uncond[..., :c])
-        return scheduler.step(state, jnp.concatenate([eps, text[..., c:]], axis=-1), t, x, jax.random.fold_in(key, i))
-
-    return step
+    eta = 0.0 if sampling.accepts(scheduler.step, "eta") else None
+    return (IFDenoiser(unet), scheduler), {"guidance": sampling.ClassifierFreeGuidance(), "eta": eta}
 
 
 def _jaxgen_inputs(stage: Stage, resolution: int, dtype: Any, abstract: bool = False) -> tuple[Any, dict]:
+    """The images (1, H, W, 3) float32 and ``cond`` as ``_IFPipelineBase._sample`` lays it out for one
+    image with guidance (``guidance_rows``: [uncond; cond] rows): ``encoder_hidden_states`` (2, 77, D)
+    in the UNet's dtype, and for stage II ``extra_channels`` (2, H, W, 3) float32 (the noised upscaled
+    image, the same in both rows) and ``class_labels`` (2,) int32 (the noise level)."""
     import jax
     import jax.numpy as jnp
 
-    make = (lambda shape, dt, k: jax.ShapeDtypeStruct(shape, dt)) if abstract else (
-        lambda shape, dt, k: jax.random.normal(jax.random.key(k), shape, jnp.float32).astype(dt))
-    x = make((1, resolution, resolution, 3), jnp.float32, 1)
-    cond = {"embeds": make((CFG_BATCH, TEXT_LEN, stage.unet["encoder_hid_dim"]), dtype, 2)}
+    noise = lambda shape, k: jax.random.normal(jax.random.key(k), shape, jnp.float32)
+    x = noise((1, resolution, resolution, 3), 1)
+    cond = {"encoder_hidden_states": noise((CFG_BATCH, TEXT_LEN, stage.unet["encoder_hid_dim"]), 2).astype(dtype)}
     if stage.noise_level is not None:
-        cond["upscaled"] = make((1, resolution, resolution, 3), jnp.float32, 3)
-        cond["noise_level"] = jnp.full((CFG_BATCH,), stage.noise_level, jnp.int32)
+        cond["extra_channels"] = jnp.concatenate([noise((1, resolution, resolution, 3), 3)] * CFG_BATCH)
+        cond["class_labels"] = jnp.full((CFG_BATCH,), stage.noise_level, jnp.int32)
+    if abstract:
+        x, cond = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), (x, cond))
     return x, cond
 
 
 def bench_jaxgen(stage: Stage, resolution: int, dtype_name: str, steps: int) -> dict:
+    """``sampling.denoise`` as IF's pipelines call it, compiled ahead (``lower().compile()``: compile
+    time, FLOPs, temporaries), warmed up with one step (the step count is traced: the same program),
+    then timed over ``steps`` steps."""
     import jax
     import jax.numpy as jnp
 
     from jaxgen.models import UNet2DConditionModel
+    from jaxgen.pipelines import sampling
     from jaxgen.schedulers import DDPMScheduler
 
     dtype = jnp.dtype(dtype_name)
@@ -240,19 +252,13 @@ def bench_jaxgen(stage: Stage, resolution: int, dtype_name: str, steps: int) -> 
     params = jax.block_until_ready(jax_random_params(unet, dtype))
     init_s = time.perf_counter() - init_s
     x, cond = _jaxgen_inputs(stage, resolution, dtype)
-    step = jaxgen_step(stage, unet, scheduler)
-
-    def loop(params, x, state, cond, key):
-        body = lambda i, carry: step(params, carry[0], carry[1], cond, key, i)
-        return jax.lax.fori_loop(0, state.timesteps.shape[0], body, (x, state))[0]
-
-    state = scheduler.set_timesteps(steps)
-    args = (params, x, state, cond, jax.random.key(4))
+    static, options = shipping_loop(unet, scheduler)
+    args = (params, x, scheduler.set_timesteps(steps), cond, jnp.float32(stage.guidance), jax.random.key(4))
     start = time.perf_counter()
-    compiled = jax.jit(loop).lower(*args).compile()
+    compiled = sampling.denoise.lower(*static, *args, jnp.int32(steps), **options).compile()
     compile_s = time.perf_counter() - start
-    compiled(*args).block_until_ready()  # warm-up run (same program)
-    loop_s, cores = _timed_cpu(lambda: compiled(*args).block_until_ready())
+    compiled(*args, jnp.int32(1)).block_until_ready()  # warm-up
+    loop_s, cores = _timed_cpu(lambda: compiled(*args, jnp.int32(steps)).block_until_ready())
     out = {"step_s": loop_s / steps, "cores_busy": cores, "compile_s": compile_s, "init_s": init_s,
            "flops_per_step": _flops(compiled),  # XLA's cost analysis counts a loop body once
            "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
@@ -338,6 +344,10 @@ def memory_rows(stage_ii_resolution: int = 256) -> list[dict]:
     import jax.numpy as jnp
 
     from jaxgen.models import AutoencoderKL, CLIPTextModel, IFSafetyChecker, T5EncoderModel, UNet2DConditionModel
+    from jaxgen.models.autoencoder_kl import tile_sizes
+    from jaxgen.pipelines import sampling
+    from jaxgen.pipelines.pipeline_utils import decode_latents, decode_latents_tiled
+    from jaxgen.pipelines.stable_diffusion_upscale import UpscaleDenoiser
     from jaxgen.schedulers import DDIMScheduler, DDPMScheduler
 
     bf16 = jnp.bfloat16
@@ -359,10 +369,11 @@ def memory_rows(stage_ii_resolution: int = 256) -> list[dict]:
         unet = UNet2DConditionModel.from_config(stage.unet, dtype=bf16)
         scheduler = DDPMScheduler.from_config(stage.scheduler)
         x, cond = _jaxgen_inputs(stage, resolution, bf16, abstract=True)
-        step = jaxgen_step(stage, unet, scheduler)
-        rows.append(_row(f"{stage.name} unet ({stage.label})", f"1 step, CFG batch {CFG_BATCH}, {resolution}x{resolution}",
-                         unet, _abstract(unet, bf16), lambda p, x, st, c, k: step(p, x, st, c, k, 0)[0],
-                         x, scheduler.set_timesteps(1), cond, key))
+        static, options = shipping_loop(unet, scheduler)
+        rows.append(_row(f"{stage.name} unet ({stage.label})",
+                         f"sampling loop (FLOPs: 1 step), CFG batch {CFG_BATCH}, {resolution}x{resolution}",
+                         unet, _abstract(unet, bf16), functools.partial(sampling.denoise, *static, **options),
+                         x, scheduler.set_timesteps(1), cond, jnp.float32(stage.guidance), key, jnp.int32(1)))
 
     clip = CLIPTextModel.from_config(_read(UPSCALER / "text_encoder" / "config.json"), dtype=bf16)
     rows.append(_row("stage III text_encoder (CLIP ViT-H text)", f"encode {CFG_BATCH}x{TEXT_LEN} tokens", clip,
@@ -372,25 +383,24 @@ def memory_rows(stage_ii_resolution: int = 256) -> list[dict]:
     ddim = DDIMScheduler.from_config(_read(UPSCALER / "scheduler" / "scheduler_config.json"))
     side = 256  # stage II's output: the upscaler's UNet runs at the low-res size, the VAE decodes x4
 
-    def upscale_step(p, latents, state, image, embeds, noise_level, k):
-        t = state.timesteps[0]
-        inp = ddim.scale_model_input(state, jnp.concatenate([latents, latents]), t)
-        inp = jnp.concatenate([inp, jnp.concatenate([image, image]).astype(inp.dtype)], axis=-1)
-        out = up.apply({"params": p}, inp.astype(bf16), jnp.broadcast_to(t, (CFG_BATCH,)), embeds,
-                       class_labels=noise_level).sample.astype(jnp.float32)
-        uncond, text = jnp.split(out, 2)
-        return ddim.step(state, uncond + 9.0 * (text - uncond), t, latents, k)[0]
-
-    rows.append(_row("stage III unet (x4 upscaler)", f"1 step, CFG batch {CFG_BATCH}, {side}x{side} latents", up,
-                     _abstract(up, bf16), upscale_step, s((1, side, side, 4), jnp.float32), ddim.set_timesteps(1),
-                     s((1, side, side, 3), jnp.float32), s((CFG_BATCH, TEXT_LEN, clip.config.hidden_size), bf16),
-                     jnp.full((CFG_BATCH,), 20, jnp.int32), key))
+    # the shipping loop and decodes of StableDiffusionUpscalePipeline (its step: DDIM, guidance 9)
+    up_loop = functools.partial(sampling.denoise, UpscaleDenoiser(up), ddim, guidance=sampling.ClassifierFreeGuidance(),
+                                eta=0.0)
+    up_cond = {"encoder_hidden_states": s((CFG_BATCH, TEXT_LEN, clip.config.hidden_size), bf16),
+               "extra_channels": s((CFG_BATCH, side, side, 3), bf16),
+               "class_labels": jnp.full((CFG_BATCH,), 20, jnp.int32)}
+    rows.append(_row("stage III unet (x4 upscaler)", f"sampling loop (FLOPs: 1 step), CFG batch {CFG_BATCH},"
+                     f" {side}x{side} latents", up, _abstract(up, bf16), up_loop, s((1, side, side, 4), jnp.float32),
+                     ddim.set_timesteps(1), up_cond, jnp.float32(9.0), key, jnp.int32(1)))
 
     vae = AutoencoderKL.from_config(_read(UPSCALER / "vae" / "config.json"), dtype=bf16)
-    decode = lambda p, z: vae.apply({"params": p}, z, method="decode").sample
-    for latent, note in ((side, "whole"), (64, "one 64x64-latent tile (tiled decoding)")):
-        rows.append(_row("stage III vae (x4 upscaler)", f"decode {4 * latent}x{4 * latent}, {note}", vae,
-                         _abstract(vae, bf16), decode, s((1, latent, latent, 4), bf16)))
+    sample_tile, latent_tile = tile_sizes(vae.config)
+    rows.append(_row("stage III vae (x4 upscaler)", f"decode {4 * side}x{4 * side}, whole", vae, _abstract(vae, bf16),
+                     functools.partial(decode_latents, vae), s((1, side, side, 4), jnp.float32)))
+    rows.append(_row("stage III vae (x4 upscaler)", f"decode {4 * side}x{4 * side}, in {latent_tile}x{latent_tile}-latent"
+                     " tiles (enable_vae_tiling)", vae, _abstract(vae, bf16),
+                     functools.partial(decode_latents_tiled, vae, tile_sample_min_size=sample_tile,
+                                       tile_latent_min_size=latent_tile), s((1, side, side, 4), jnp.float32)))
 
     checker = IFSafetyChecker.from_config(_read(IF_I / "safety_checker" / "config.json"), dtype=bf16)
     size = checker.config.image_size
@@ -447,6 +457,9 @@ def main() -> None:
     parser.add_argument("--stage1-resolution", type=int, default=64)
     parser.add_argument("--stage2-resolution", type=int, default=128, help="native: 256")
     parser.add_argument("--steps", type=int, default=1, help="denoising steps timed, after a warm-up run")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny IF-like UNets (the tests' configs) in the speed comparison: a smoke test of "
+                             "minutes on 2 CPU cores (the memory tables stay real-size: add --skip-memory)")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -462,7 +475,7 @@ def main() -> None:
     import torch
 
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    all_stages = stages()
+    all_stages = stages(args.tiny)
     rates: dict[str, float] = {}
     speed = []
     plan = [("I", args.stage1_resolution, d) for d in args.stage1_dtypes] + \

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_CONFIGS = REPO.parent / "shared" / "configs" / "PixArt-alpha__PixArt-XL-2-1024-MS"
+DEFAULT_CONFIGS = REPO / "tests" / "configs" / "PixArt-alpha__PixArt-XL-2-1024-MS"
 GIB = 2**30
 TEXT_LEN = 120  # PixArt-α's max_sequence_length
 CFG_BATCH = 2

@@ -24,7 +24,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-DEFAULT_CONFIGS = REPO.parent / "shared" / "configs" / "PixArt-alpha__PixArt-XL-2-1024-MS"
+DEFAULT_CONFIGS = REPO / "tests" / "configs" / "PixArt-alpha__PixArt-XL-2-1024-MS"
 
 
 def transformer_flops(cfg: dict, tokens: int, text_len: int, batch: int) -> float:
@@ -82,8 +82,9 @@ def bench_jaxgen(cfg_dir: Path, resolution: int, dtype_name: str, steps: int, te
 
     from jaxgen.models.autoencoder_kl import AutoencoderKL
     from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
-    from jaxgen.pipelines.pixart_alpha import PixArtDenoiser, decode_latents
-    from jaxgen.pipelines.sampling import denoise
+    from jaxgen.pipelines.pipeline_utils import decode_latents
+    from jaxgen.pipelines.pixart_alpha import PixArtDenoiser
+    from jaxgen.pipelines.sampling import ClassifierFreeGuidance, denoise
     from jaxgen.schedulers import DPMSolverMultistepScheduler
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
@@ -106,8 +107,9 @@ def bench_jaxgen(cfg_dir: Path, resolution: int, dtype_name: str, steps: int, te
 
     def run(n: int, compile_only: bool = False):
         state = scheduler.set_timesteps(n, shape=latents.shape)
-        args = (PixArtDenoiser(transformer), scheduler, params, latents, state, cond, jnp.float32(4.5), jax.random.key(4))
-        kw = dict(do_cfg=True, eta=None, show_progress=False, callback=None, callback_steps=1)
+        args = (PixArtDenoiser(transformer), scheduler, params, latents, state, cond, jnp.float32(4.5), jax.random.key(4),
+                jnp.int32(n))
+        kw = dict(guidance=ClassifierFreeGuidance(), eta=None)
         if compile_only:
             return denoise.lower(*args, **kw).compile()
         return denoise(*args, **kw).block_until_ready()

@@ -19,11 +19,11 @@ that share the machine's cores: the numbers check correctness and the shape of t
 speed (on 2 cores, more devices cannot be faster). The default model is a SMALL PixArt config
 (T5 d_model 64, transformer 4 layers x 64 wide, VAE 32/64 channels, 64x64 images). On a GPU or TPU
 host, the same script measures real throughput on the real PixArt-XL-2 config with random weights
-(the configs in ../shared/configs; the tokenizer stays the small trained one, which changes no
+(the configs in tests/configs; the tokenizer stays the small trained one, which changes no
 shape: prompts are padded to 120 tokens):
 
     python benchmarks/throughput.py --json benchmarks/throughput-cpu.json
-    python benchmarks/throughput.py --configs ../shared/configs/PixArt-alpha__PixArt-XL-2-1024-MS \\
+    python benchmarks/throughput.py --configs tests/configs/PixArt-alpha__PixArt-XL-2-1024-MS \\
         --dtype bfloat16 --resolution 1024 --steps 20 --devices 1 --batch-sizes 1 2 4 8 16 \\
         --json benchmarks/throughput-gpu.json
 
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4, 8], help="device counts (the first is the reference)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--configs", type=Path, default=None,
-                        help="a diffusers PixArt folder of configs (e.g. ../shared/configs/PixArt-alpha__PixArt-XL-2-1024-MS); default: the small config")
+                        help="a diffusers PixArt folder of configs (e.g. tests/configs/PixArt-alpha__PixArt-XL-2-1024-MS); default: the small config")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4)

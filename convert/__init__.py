@@ -1,6 +1,8 @@
 """PyTorch checkpoints -> jaxgen params. The only code that knows PyTorch names and layouts.
 
-``key_rule(class_name, config)`` returns the key map of an architecture (see ``convert.engine``);
+``key_rule(class_name, config)`` returns the key map of an architecture (see ``convert.engine``), found
+by the model's module: the key map of ``jaxgen/models/<name>.py`` (or ``jaxgen/text/<name>.py``) lives in
+``convert/<name>.py``, so a new model needs no table entry here;
 ``python -m convert SRC DST`` converts a whole pipeline folder to orbax checkpoints that load
 without torch or conversion.
 """
@@ -14,24 +16,15 @@ from convert.engine import ConversionError, KeyRule, Source, convert_state_dict,
 
 __all__ = ["key_rule", "ignored_keys", "prepare_state_dict", "ConversionError", "convert_state_dict", "Source", "KeyRule"]
 
-# jaxgen model class name -> module of convert/ holding its key map.
-_KEY_MAPS = {
-    "T5EncoderModel": "convert.t5",
-    "AutoencoderKL": "convert.autoencoder_kl",
-    "PixArtTransformer2DModel": "convert.pixart",
-    "UNet2DConditionModel": "convert.unet_2d_condition",
-    "CLIPTextModel": "convert.clip",
-    "CLIPTextModelWithProjection": "convert.clip",
-    "CLIPVisionModelWithProjection": "convert.clip",
-    "IFSafetyChecker": "convert.clip",
-}
-
 
 def _module(class_name: str):
-    try:
-        return importlib.import_module(_KEY_MAPS[class_name])
-    except KeyError:
-        raise ValueError(f"no PyTorch key map for {class_name!r}; known: {sorted(_KEY_MAPS)}") from None
+    """The key-map module of a jaxgen model class: ``convert/<module>.py`` for the class defined in
+    ``jaxgen/.../<module>.py`` (``jaxgen.models.pixart_transformer`` -> ``convert.pixart_transformer``)."""
+    from jaxgen import registry
+
+    if class_name not in registry.MODELS:
+        raise ValueError(f"no PyTorch key map for {class_name!r}: not a jaxgen model; known: {sorted(registry.MODELS)}")
+    return importlib.import_module("convert." + registry.MODELS[class_name].rsplit(".", 1)[-1])
 
 
 def key_rule(class_name: str, config: Any) -> KeyRule:

@@ -18,23 +18,48 @@ from typing import Any, Sequence
 __all__ = ["convert_pipeline", "main"]
 
 
+def _listed(index: dict[str, Any], name: str) -> bool:
+    """Whether model_index.json lists component ``name`` (absent, null and diffusers' [null, null] do not)."""
+    entry = index.get(name)
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] is not None
+
+
+def _pipeline_class(index: dict[str, Any]) -> type:
+    """The jaxgen pipeline class model_index.json names (``CheckpointError`` when it names none)."""
+    from jaxgen import hub
+    from jaxgen.registry import pipeline_class
+
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str):
+        raise hub.CheckpointError("model_index.json has no _class_name")
+    return pipeline_class(class_name)
+
+
+def _all_components(index: dict[str, Any]) -> dict[str, str]:
+    """``{name: kind}`` of every component of the pipeline class that model_index.json lists: what to download."""
+    return {name: spec.kind for name, spec in _pipeline_class(index)._components.items() if _listed(index, name)}
+
+
 def convert_pipeline(src: str, dst: str | Path, *, dtype: Any = None, variant: str | None = None) -> Path:
-    """Convert every component of the pipeline at ``src`` into ``dst`` (which must not exist yet)."""
+    """Convert every component of the pipeline at ``src`` into ``dst`` (which must not exist yet).
+
+    ``src``: a pipeline folder or a Hub repo id (then only its components' configs, tokenizer files
+    and weights of ``variant`` are downloaded). Returns ``dst``.
+    """
     import jax.numpy as jnp
 
     from jaxgen import hub
     from jaxgen.modeling import ORBAX_PARAMS_DIR, save_orbax_params
-    from jaxgen.pipelines.auto_pipeline import pipeline_class
 
-    root = hub.resolve_checkpoint(src)
-    index = hub.load_model_index(root)
     dst = Path(dst)
-    if dst.exists():
+    if dst.exists():  # before any download
         raise FileExistsError(f"destination {dst} already exists")
-    cls = pipeline_class(index["_class_name"])
+    root = hub.resolve_pipeline(src, _all_components, variant=variant)
+    index = hub.load_model_index(root)
+    cls = _pipeline_class(index)
     dst.mkdir(parents=True)
     for name, spec in cls._components.items():
-        if index.get(name) is None:
+        if not _listed(index, name):
             continue
         src_folder = hub.component_folder(root, name)
         out_folder = dst / name

@@ -214,24 +214,12 @@ def initial_noise(seeds: jax.Array, *, images_per_seed: int, shape: tuple[int, i
 
 
 def _latent_layout(pipe: Any, height: int | None, width: int | None, binning: bool) -> tuple[tuple[int, int, int], int, int, int, int]:
-    """(latent (h, w, C), output height, width, generated height, width), computed as the pipeline does."""
-    from jaxgen.pipelines.aspect_ratio_bins import (
-        ASPECT_RATIO_256_BIN, ASPECT_RATIO_512_BIN, ASPECT_RATIO_1024_BIN, classify_height_width_bin,
-    )
-
-    transformer = getattr(pipe, "transformer", None)
-    if transformer is None or not hasattr(pipe, "vae_scale_factor"):
+    """(latent (h, w, C), output height, width, generated height, width), as the pipeline computes them."""
+    if not hasattr(pipe, "generation_size"):
         raise ValueError(f"batch generation supports latent-transformer pipelines (PixArt); not {type(pipe).__name__}")
-    config, factor = transformer.config, pipe.vae_scale_factor
-    height = height or config.sample_size * factor
-    width = width or config.sample_size * factor
-    gen_height, gen_width = height, width
-    if binning:
-        bins = {128: ASPECT_RATIO_1024_BIN, 64: ASPECT_RATIO_512_BIN, 32: ASPECT_RATIO_256_BIN}.get(config.sample_size)
-        if bins is None:
-            raise ValueError("Invalid sample size")
-        gen_height, gen_width = classify_height_width_bin(height, width, ratios=bins)
-    return (gen_height // factor, gen_width // factor, config.in_channels), height, width, gen_height, gen_width
+    (gen_height, gen_width), (height, width) = pipe.generation_size(height, width, binning)
+    factor = pipe.vae_scale_factor
+    return (gen_height // factor, gen_width // factor, pipe.transformer.config.in_channels), height, width, gen_height, gen_width
 
 
 # --------------------------------------------------------------------------- records and files
@@ -568,7 +556,7 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
     calls = max(1, min(batch_size, len(jobs)))  # the batch shape of every call
     generated = 0
     start = time.perf_counter()
-    old_bar_config = dict(getattr(pipe, "_progress_bar_config", {}))
+    old_bar_config = pipe.progress_bar_config
     pipe.set_progress_bar_config(**{**old_bar_config, "disable": True})  # one bar, per image, not per step
     bar = tqdm(total=total, initial=skipped, unit="img", desc="jaxgen batch", disable=not show_progress,
                dynamic_ncols=True, smoothing=0.1)

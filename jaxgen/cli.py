@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["main"]
 
@@ -36,70 +36,39 @@ def _stage_paths(out: str, count: int, stage: int) -> list[Path]:
     return [p.with_name(f"{p.stem}-stage{stage}{p.suffix}") for p in _output_paths(out, count)]
 
 
-def _if_cascade(args: argparse.Namespace, stage_1, dtype, call: dict) -> list:
-    """DeepFloyd IF as its documentation runs it: stage I (64 px), II (256 px), III (the x4 upscaler, 1024 px).
-
-    The prompt is encoded once with stage I's T5 and reused by stage II (loaded without a text
-    encoder); stage III encodes it with its own CLIP. Returns the last stage's PIL images.
-    """
-    from jaxgen.image_processing import numpy_to_pil
-    from jaxgen.pipelines.deepfloyd_if import IFSuperResolutionPipeline
-    from jaxgen.pipelines.stable_diffusion_upscale import StableDiffusionUpscalePipeline
-
-    if not 1 <= args.stages <= 3:
-        raise ValueError(f"--stages must be 1, 2 or 3, got {args.stages}")
-    per_stage = {k: v for k, v in call.items() if k in ("num_inference_steps", "rng", "num_images_per_prompt", "guidance_scale")}
-    negative = args.negative_prompt
-    embeds, negative_embeds = stage_1.encode_prompt(args.prompt, negative_prompt=negative)
-    geometry = {k: call[k] for k in ("height", "width") if k in call}
-    last = args.stages == 1
-    images = stage_1(prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, output_type="pil" if last else "np",
-                     **geometry, **per_stage).images
-    if last:
-        return images
-    if args.save_stages:
-        _save_pngs(numpy_to_pil(images), _stage_paths(args.out, len(images), 1))
-    del stage_1  # stage I's weights (and T5, unless stage II shares it) can go
-    stage_2 = IFSuperResolutionPipeline.from_pretrained(args.stage2_model, dtype=dtype, text_encoder=None)
-    last = args.stages == 2
-    per_stage["num_images_per_prompt"] = 1  # stage I already made one row per image
-    embeds2 = embeds.repeat(args.num_images, axis=0) if args.num_images > 1 else embeds
-    negative2 = negative_embeds.repeat(args.num_images, axis=0) if negative_embeds is not None and args.num_images > 1 else negative_embeds
-    images = stage_2(image=images, prompt_embeds=embeds2, negative_prompt_embeds=negative2,
-                     output_type="pil" if last else "np", **per_stage).images
-    if last:
-        return images
-    if args.save_stages:
-        _save_pngs(numpy_to_pil(images), _stage_paths(args.out, len(images), 2))
-    del stage_2
-    stage_3 = StableDiffusionUpscalePipeline.from_pretrained(args.stage3_model, dtype=dtype)
-    prompts = [args.prompt] * len(images)
-    negatives = None if negative is None else [negative] * len(images)
-    return stage_3(prompt=prompts, negative_prompt=negatives, image=images, noise_level=args.noise_level,
-                   **per_stage).images
+def _call_options(args: argparse.Namespace, takes: Any) -> dict:
+    """The pipeline arguments the command line sets; an option the pipeline does not take is an error."""
+    call = {"rng": args.seed, "num_images_per_prompt": args.num_images}
+    for name, value in (("num_inference_steps", args.steps), ("height", args.height), ("width", args.width),
+                        ("guidance_scale", args.guidance), ("negative_prompt", args.negative_prompt)):
+        if value is not None:
+            call[name] = value
+    if args.no_resolution_binning:
+        call["use_resolution_binning"] = False
+    unknown = sorted(k for k in call if takes is not None and k not in takes)
+    if unknown:
+        raise ValueError(f"--model {args.model}: its pipeline does not take {unknown}")
+    return call
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import inspect
+
     import jax.numpy as jnp
 
+    from jaxgen import registry
     from jaxgen.pipelines.auto_pipeline import AutoPipelineForText2Image
-    from jaxgen.pipelines.deepfloyd_if import IFPipeline
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    pipe = AutoPipelineForText2Image.from_pretrained(args.model, dtype=dtype)
-    call = {"rng": args.seed, "num_images_per_prompt": args.num_images}
-    for name, value in (("num_inference_steps", args.steps), ("height", args.height), ("width", args.width),
-                        ("guidance_scale", args.guidance)):
-        if value is not None:
-            call[name] = value
-    if isinstance(pipe, IFPipeline):
-        images = _if_cascade(args, pipe, dtype, call)
+    cls = AutoPipelineForText2Image.pipeline_class_for(args.model)
+    family = registry.family_of(cls.__name__)
+    if family is not None and family.cli_generate is not None:  # more than one pipeline call (the IF cascade)
+        module, name = family.cli_generate.split(":")
+        save_stage = lambda images, stage: _save_pngs(images, _stage_paths(args.out, len(images), stage))
+        images = registry.load(module, name)(args, _call_options(args, None), dtype, save_stage)
     else:
-        if args.no_resolution_binning:
-            call["use_resolution_binning"] = False
-        if args.negative_prompt is not None:
-            call["negative_prompt"] = args.negative_prompt
-        images = pipe(args.prompt, **call).images
+        call = _call_options(args, inspect.signature(cls.__call__).parameters)
+        images = cls.from_pretrained(args.model, dtype=dtype)(args.prompt, **call).images
     _save_pngs(images, _output_paths(args.out, len(images)))
     return 0
 

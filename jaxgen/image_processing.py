@@ -93,6 +93,32 @@ def resize_and_crop(images: jax.Array, new_width: int, new_height: int) -> jax.A
     return images[:, start_y : start_y + new_height, start_x : start_x + new_width, :]
 
 
+def _bilinear_aligned_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's bilinear resize with align_corners=True (CPU, float32).
+
+    Source position i * (in - 1) / (out - 1), the scale and the product each rounded to float32; the
+    lower index floor(position), the upper one the next pixel (the same at the last).
+    """
+    scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
+    position = (scale * np.arange(out_size, dtype=np.float32)).astype(np.float32)
+    lower = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    upper = np.where(lower < in_size - 1, lower + 1, lower)
+    w_upper = np.clip(position - lower.astype(np.float32), np.float32(0), np.float32(1)).astype(np.float32)
+    return lower, upper, (np.float32(1) - w_upper).astype(np.float32), w_upper
+
+
+def resize_bilinear_align_corners(images: jax.Array, height: int, width: int) -> jax.Array:
+    """NHWC images (N, h, w, C) -> (N, height, width, C): torch's
+    ``F.interpolate(mode="bilinear", align_corners=True)`` on NCHW, the same taps, width then height."""
+    dtype = images.dtype
+    x = images.astype(jnp.promote_types(dtype, jnp.float32))
+    w0_idx, w1_idx, w0, w1 = _bilinear_aligned_taps(x.shape[2], width)
+    h0_idx, h1_idx, h0, h1 = _bilinear_aligned_taps(x.shape[1], height)
+    x = jnp.take(x, w0_idx, axis=2) * w0[:, None] + jnp.take(x, w1_idx, axis=2) * w1[:, None]
+    x = jnp.take(x, h0_idx, axis=1) * h0[:, None, None] + jnp.take(x, h1_idx, axis=1) * h1[:, None, None]
+    return x.astype(dtype)
+
+
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source indices of torch's nearest resize: floor(i * in/out) in float32, at most in - 1."""
     scale = np.float32(in_size) / np.float32(out_size)
@@ -122,6 +148,30 @@ def numpy_to_pil(images: Any) -> list[PIL.Image.Image]:
     if images.shape[-1] == 1:
         return [PIL.Image.fromarray(image[..., 0]) for image in images]
     return [PIL.Image.fromarray(image) for image in images]
+
+
+def as_image_list(image: Any) -> list:
+    """An image argument (one image, an array batch, or a list/tuple of them) as a list."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
+
+
+def stack_image_arrays(images: list, name: str) -> np.ndarray:
+    """A list of arrays (H, W), (H, W, C) or (N, H, W, C) -> one float32 (N, H, W, C) array (a ValueError
+    naming the argument ``name`` otherwise)."""
+    arrays = [np.asarray(i, np.float32) for i in images]
+    out = np.concatenate(arrays, axis=0) if arrays[0].ndim == 4 else np.stack(arrays, axis=0)
+    if out.ndim == 3:  # (N, H, W): one channel
+        out = out[..., None]
+    if out.ndim != 4:
+        raise ValueError(f"`{name}` arrays must be (H, W), (H, W, C) or (N, H, W, C), got shape {arrays[0].shape}")
+    return out
+
+
+def to_signed_range(array: np.ndarray) -> np.ndarray:
+    """Image arrays in [0, 1] -> [-1, 1]; an array with a negative value is taken as already in [-1, 1]
+    (as ``output_type="latent"`` returns pixel-space images and diffusers takes arrays)."""
+    array = np.asarray(array, np.float32)
+    return array if array.size and array.min() < 0 else array * 2.0 - 1.0
 
 
 def pil_to_array(images: PIL.Image.Image | Sequence[PIL.Image.Image]) -> np.ndarray:

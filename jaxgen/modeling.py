@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-import typing
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -134,9 +133,10 @@ class PretrainedModel:
         ``*.fp16.safetensors``. Weights are converted with the architecture's key map, which fails
         with a list of missing, unused and mis-shaped keys when the checkpoint does not match.
         ``mesh``: place the params on a ``jax.sharding.Mesh`` by the partition rules
-        (``jaxgen.sharding``); None (default) puts them on one device.
+        (``jaxgen.sharding``); None (default) puts them on one device. From the Hub, only
+        ``subfolder``'s config and weights of ``variant`` (or its converted params) are downloaded.
         """
-        root = hub.resolve_checkpoint(pretrained_model_name_or_path)
+        root = hub.resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, kind="model", variant=variant)
         folder = hub.component_folder(root, subfolder) if subfolder else Path(root)
         module = cls.from_config(hub.load_config(folder, cls.config_name), dtype=dtype)
         return module, module.load_params(folder, variant=variant, mesh=mesh)

@@ -9,8 +9,9 @@ jaxgen runs on a 2-D ``jax.sharding.Mesh`` with axes ``("data", "model")``:
 
 Params and activations carry *logical* axis names ("embed", "heads", "mlp", "batch", ...); one
 table, ``LOGICAL_AXIS_RULES``, maps them to mesh axes (maxdiffusion's ``logical_axis_rules``).
-Which logical axes a param has is read from its path by a per-architecture table of patterns,
-``PARAM_AXES`` (class name -> (regex, axes) pairs); a param that no pattern names is replicated.
+Which logical axes a param has is read from its path by the model class's own table of patterns,
+``param_axes`` ((regex, axes) pairs, declared in the model's file); a param that no pattern names is
+replicated.
 A dimension is split only when its size divides by the mesh axis's size, otherwise it is
 replicated (correct everywhere, only less memory-saving).
 
@@ -32,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = [
-    "DATA", "MODEL", "LOGICAL_AXIS_RULES", "PARAM_AXES", "DIFFUSERS_TRANSFORMER_AXES", "T5_AXES", "UNET_AXES",
+    "DATA", "MODEL", "LOGICAL_AXIS_RULES", "ParamAxes",
     "make_mesh", "auto_mesh", "AUTO_MESH_FRACTION", "device_memory_bytes", "data_size", "logical_to_mesh_axes", "param_logical_axes", "param_specs", "param_shardings",
     "place_params", "put_host_array", "batch_sharding", "padded_size", "pad_rows", "shard_batch",
     "gather_rows", "mesh_of", "constrain", "place_matching",
@@ -44,6 +45,9 @@ DATA = "data"
 MODEL = "model"
 
 Axes = tuple  # one logical name (or None) per dimension
+ParamAxes = tuple[tuple[str, Axes], ...]
+"""A model's partition table: (regex over the "/"-joined param path, logical axes per dim) pairs, first
+match wins; a model class declares its own as ``param_axes`` (none: every param replicated)."""
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     # activations
@@ -61,50 +65,6 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("vocab", None),
 )
 """Logical axis name -> mesh axis (None: replicated). The one table of partition rules."""
-
-# Patterns are matched (``re.fullmatch``) against the "/"-joined param path; first match wins.
-DIFFUSERS_TRANSFORMER_AXES: tuple[tuple[str, Axes], ...] = (
-    # diffusers' Attention (to_q/to_k/to_v/to_out.0) and FeedForward (net.0 proj, net.2)
-    (r"(.*/)?to_[qkv]/kernel", ("embed", "heads")),
-    (r"(.*/)?to_[qkv]/bias", ("heads",)),
-    (r"(.*/)?to_out\.0/kernel", ("heads", "embed")),
-    (r"(.*/)?ff/net\.0/proj/kernel", ("embed", "mlp")),
-    (r"(.*/)?ff/net\.0/proj/bias", ("mlp",)),
-    (r"(.*/)?ff/net\.2/kernel", ("mlp", "embed")),
-)
-"""Logical axes of diffusers' attention and feed-forward params, wherever they sit in a model."""
-
-T5_AXES: tuple[tuple[str, Axes], ...] = (
-    (r"encoder/block\.\d+/layer\.0/SelfAttention/[qkv]/kernel", ("embed", "heads")),
-    (r"encoder/block\.\d+/layer\.0/SelfAttention/o/kernel", ("heads", "embed")),
-    (r"encoder/block\.\d+/layer\.1/DenseReluDense/wi(_0|_1)?/kernel", ("embed", "mlp")),
-    (r"encoder/block\.\d+/layer\.1/DenseReluDense/wo/kernel", ("mlp", "embed")),
-    (r"shared/embedding", ("vocab", "embed")),
-    # int8 T5 (jaxgen.quantize): per-output-channel scales split with their kernel's columns
-    (r"encoder/block\.\d+/layer\.0/SelfAttention/[qkv]/scale", ("heads",)),
-    (r"encoder/block\.\d+/layer\.1/DenseReluDense/wi(_0|_1)?/scale", ("mlp",)),
-)
-"""Logical axes of transformers' T5 encoder params (the layer norms and the position bias replicate)."""
-
-UNET_AXES: tuple[tuple[str, Axes], ...] = DIFFUSERS_TRANSFORMER_AXES + (
-    # added-KV attention (IF's SimpleCrossAttn blocks): the text projections split by heads too
-    (r"(.*/)?add_[kv]_proj/kernel", ("embed", "heads")),
-    (r"(.*/)?add_[kv]_proj/bias", ("heads",)),
-    # resnets as Megatron pairs: conv1 splits its output channels, conv2 its input channels, so
-    # the block's output is whole again (most of IF-I-XL's 4.3B parameters are in these convs)
-    (r"(.*/)?resnets\.\d+/conv1/kernel", (None, None, "embed", "mlp")),
-    (r"(.*/)?resnets\.\d+/conv1/bias", ("mlp",)),
-    (r"(.*/)?resnets\.\d+/conv2/kernel", (None, None, "mlp", "embed")),
-)
-"""Logical axes of UNet2DConditionModel params (attention as diffusers' transformers; resnet convs)."""
-
-PARAM_AXES: dict[str, tuple[tuple[str, Axes], ...]] = {
-    "T5EncoderModel": T5_AXES,
-    "PixArtTransformer2DModel": DIFFUSERS_TRANSFORMER_AXES,
-    "UNet2DConditionModel": UNET_AXES,
-}
-"""Model class name -> its (path pattern, logical axes) table. Classes not listed are replicated."""
-
 
 # --------------------------------------------------------------------------- meshes
 
@@ -266,20 +226,16 @@ def logical_to_mesh_axes(
     return PartitionSpec(*spec)
 
 
-def _class_name(model: Any) -> str:
-    return model if isinstance(model, str) else type(model).__name__
-
-
 def param_logical_axes(model: Any, shapes: Any = None) -> Any:
     """Logical axes of every param: a pytree like the params of tuples (None: replicated dim).
 
-    ``model``: a jaxgen module (or its class name with ``shapes`` given); ``shapes``: the params or
+    ``model``: a jaxgen module, whose class's ``param_axes`` table applies; ``shapes``: the params or
     their ``ShapeDtypeStruct``s (default: ``model.param_shapes()``). Raises ValueError when a
     pattern gives axes of the wrong rank (a bug in the table).
     """
     if shapes is None:
         shapes = model.param_shapes()
-    table = [(re.compile(p), axes) for p, axes in PARAM_AXES.get(_class_name(model), ())]
+    table = [(re.compile(p), axes) for p, axes in getattr(type(model), "param_axes", ())]
 
     def axes_of(path: tuple, leaf: Any) -> tuple:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
@@ -287,7 +243,7 @@ def param_logical_axes(model: Any, shapes: Any = None) -> Any:
         for pattern, axes in table:
             if pattern.fullmatch(name):
                 if len(axes) != ndim:
-                    raise ValueError(f"{_class_name(model)}: axes {axes} for {name} of shape {tuple(leaf.shape)}")
+                    raise ValueError(f"{type(model).__name__}: axes {axes} for {name} of shape {tuple(leaf.shape)}")
                 return tuple(axes)
         return (None,) * ndim
 
@@ -349,7 +305,7 @@ def place_params(
 ) -> Any:
     """Put ``params`` (numpy or jax arrays) on ``mesh`` by the partition rules of ``model``.
 
-    ``model``: the module (or class name) whose ``PARAM_AXES`` table applies; None replicates
+    ``model``: the module whose class's ``param_axes`` table applies; None replicates
     everything. numpy leaves go block by block from the host; jax arrays are moved with
     ``jax.device_put`` (a no-op for those already placed so).
     """

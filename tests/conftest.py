@@ -1,7 +1,8 @@
-"""Shared test helpers: comparison metric, layout changes, torch seeding, and shared paths."""
+"""Shared test helpers: comparison metric, layout changes, torch seeding, the real-size configs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 # Before anything imports jax: the suite (and CI) runs on 8 CPU devices, so that sharding and
@@ -14,9 +15,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
-if not SHARED_CONFIGS.is_dir():  # CI clones the repo with shared/ beside it
-    SHARED_CONFIGS = Path(os.environ.get("JAXGEN_SHARED_CONFIGS", "../shared/configs")).resolve()
+REAL_CONFIGS = Path(__file__).resolve().parent / "configs"
+"""The real checkpoints' config.json files (no weights), with their provenance: tests/configs/README.md."""
+
+
+_BACKEND_COMPILES = [0]
+
+
+def _count_backend_compiles(event: str, duration: float, **kwargs) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _BACKEND_COMPILES[0] += 1
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """``with count_compiles() as compiled: ...``; ``compiled()`` is how many XLA programs were compiled
+    inside the block (any jitted function or eager op), read from jax's compile events."""
+    import jax
+
+    if not getattr(count_compiles, "_registered", False):
+        jax.monitoring.register_event_duration_secs_listener(_count_backend_compiles)
+        count_compiles._registered = True
+    start = _BACKEND_COMPILES[0]
+    yield lambda: _BACKEND_COMPILES[0] - start
 
 
 def rel_l2(a, b) -> float:
@@ -39,11 +60,9 @@ def nhwc_to_nchw(x) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
-def shared_configs() -> Path:
-    """The folder of real-size config.json files (../shared/configs)."""
-    if not SHARED_CONFIGS.is_dir():
-        pytest.fail(f"shared configs folder not found at {SHARED_CONFIGS}; set JAXGEN_SHARED_CONFIGS")
-    return SHARED_CONFIGS
+def real_configs() -> Path:
+    """The folder of real-size config.json files (tests/configs)."""
+    return REAL_CONFIGS
 
 
 CORPUS = [
@@ -69,6 +88,22 @@ def make_t5_tokenizer(folder: Path):
     return T5Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())], extra_ids=0)
 
 
+def make_clip_tokenizer(folder: Path, max_length: int = 12):
+    """A tiny byte-level BPE CLIP tokenizer: letters, their word-final forms and a few merges; ``<|endoftext|>``
+    (id 1) is EOS and pad."""
+    import json
+
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = ["<|startoftext|>", "<|endoftext|>", "!", *letters, *(c + "</w>" for c in letters),
+             "th", "the</w>", "ca", "cat</w>", "at</w>"]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\nc a\nca t</w>\na t</w>\n")
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
+
+
 def perturb_(model, scale: float = 0.05, seed: int = 0):
     """Add seeded noise to every parameter, so zero-initialised layers cannot hide a bug."""
     import torch
@@ -80,8 +115,12 @@ def perturb_(model, scale: float = 0.05, seed: int = 0):
     return model.eval()
 
 
-def build_tiny_pixart(folder: Path, *, sample_size: int = 128, vae_levels: int = 2, seed: int = 0):
-    """Build, perturb and ``save_pretrained`` a tiny diffusers PixArtAlphaPipeline; returns the torch pipeline."""
+def build_tiny_pixart(folder: Path, *, sample_size: int = 128, vae_levels: int = 2, seed: int = 0, patch_size: int = 2,
+                      vae_channels: tuple[int, ...] = (8, 16, 16, 16), vae_mid_attention: bool = True):
+    """Build, perturb and ``save_pretrained`` a tiny diffusers PixArtAlphaPipeline; returns the torch pipeline.
+
+    ``patch_size`` 8 with 4 VAE levels keeps the real checkpoints' pixel geometry (sample_size 128 is 1024 px)
+    at a few hundred tokens (the README examples run on such a model)."""
     import torch
     from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
     from transformers import T5Config, T5EncoderModel
@@ -94,16 +133,16 @@ def build_tiny_pixart(folder: Path, *, sample_size: int = 128, vae_levels: int =
         dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
     ))
     transformer = PixArtTransformer2DModel(
-        sample_size=sample_size, num_layers=2, patch_size=2, attention_head_dim=12, num_attention_heads=2,
+        sample_size=sample_size, num_layers=2, patch_size=patch_size, attention_head_dim=12, num_attention_heads=2,
         caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
         activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
         norm_elementwise_affine=False, norm_eps=1e-6,
     )
-    channels = (8, 16, 16, 16)[:vae_levels]
+    channels = tuple(vae_channels)[:vae_levels]
     vae = AutoencoderKL(
         block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
         norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * vae_levels,
-        up_block_types=("UpDecoderBlock2D",) * vae_levels, sample_size=32,
+        up_block_types=("UpDecoderBlock2D",) * vae_levels, sample_size=32, mid_block_add_attention=vae_mid_attention,
     )
     for i, m in enumerate((text_encoder, transformer, vae)):
         perturb_(m, seed=seed + i)

@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers")
 import convert  # noqa: E402
 from convert.autoencoder_kl import rename_legacy_keys  # noqa: E402
 from convert.engine import check_coverage, convert_state_dict, flatten_paths  # noqa: E402
-from jaxgen.models import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussianDistribution  # noqa: E402
+from jaxgen.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig, DiagonalGaussianDistribution  # noqa: E402
 from jaxgen.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, group_norm  # noqa: E402
 from tests.conftest import nchw_to_nhwc, nhwc_to_nchw, rel_l2  # noqa: E402
 
@@ -159,8 +159,8 @@ def test_diagonal_gaussian_clamps_logvar_and_deterministic():
 
 
 @pytest.mark.parametrize("repo", ["PixArt-alpha__PixArt-XL-2-1024-MS", "stabilityai__stable-diffusion-x4-upscaler"])
-def test_key_coverage_real_configs(shared_configs, repo):
-    cfg = json.loads((shared_configs / repo / "vae" / "config.json").read_text())
+def test_key_coverage_real_configs(real_configs, repo):
+    cfg = json.loads((real_configs / repo / "vae" / "config.json").read_text())
     assert cfg["_class_name"] == "AutoencoderKL"
     with torch.device("meta"):
         model = diffusers.AutoencoderKL.from_config(cfg)

@@ -109,7 +109,7 @@ def test_latent_shape_is_the_pipelines(pipe, height, width, binning):
 
     latent, *_ = _latent_layout(pipe, height, width, binning)
     # the pipeline names the latents shape it expects (it checks before encoding anything)
-    with pytest.raises(ValueError, match=r"`latents` must have shape") as info:
+    with pytest.raises(ValueError, match=r"Unexpected latents shape") as info:
         pipe("a cat", height=height, width=width, use_resolution_binning=binning, latents=np.zeros((1, 1, 1, 4)))
     assert f"{(1, *latent)}" in str(info.value)
 

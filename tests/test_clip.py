@@ -221,9 +221,9 @@ def _coverage(cls, torch_model, cfg_dict):
          dict(hidden_size=768, num_hidden_layers=12, patch_size=32, projection_dim=512)),
     ],
 )
-def test_key_coverage_real_configs(shared_configs, repo, component, cls, tcls, expected):
+def test_key_coverage_real_configs(real_configs, repo, component, cls, tcls, expected):
     """Every key of the real-size model (meta device) maps onto the Flax params with the right shape."""
-    cfg_dict = json.loads((shared_configs / repo / component / "config.json").read_text())
+    cfg_dict = json.loads((real_configs / repo / component / "config.json").read_text())
     with torch.device("meta"):
         tmodel = tcls(tcls.config_class(**cfg_dict))
     module, torch_shapes = _coverage(cls, tmodel, cfg_dict)

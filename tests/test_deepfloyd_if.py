@@ -8,6 +8,7 @@ the few compiled loops (stage I: DDIM, DDPM, DDIM inpainting; stage II: DDIM, DD
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import shutil
@@ -20,7 +21,7 @@ import PIL.Image
 import pytest
 import torch
 
-from tests.conftest import SHARED_CONFIGS, make_t5_tokenizer, nchw_to_nhwc, nhwc_to_nchw, perturb_, rel_l2
+from tests.conftest import REAL_CONFIGS, make_t5_tokenizer, nchw_to_nhwc, nhwc_to_nchw, perturb_, rel_l2
 
 STEPS = 3  # every DDIM run: one compiled loop per (stage, inpainting or not)
 TOL = 1e-4
@@ -46,7 +47,7 @@ def _unet_config(stage2: bool) -> dict:
 def _ddpm(repo: str, name: str):
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(json.loads((SHARED_CONFIGS / repo / name / "scheduler_config.json").read_text()))
+    return DDPMScheduler.from_config(json.loads((REAL_CONFIGS / repo / name / "scheduler_config.json").read_text()))
 
 
 def _build(folder: Path, stage2: bool, seed: int):
@@ -410,7 +411,7 @@ def test_timestep_lists_match_diffusers(stage1):
     for name, values in if_timesteps.TIMESTEPS.items():
         assert values == getattr(reference, f"{name}_timesteps") == getattr(deepfloyd_if, f"{name}_timesteps")
     _, _, pipe = stage1
-    state = pipe._set_timesteps(None, if_timesteps.fast27_timesteps, None, (1, 8, 8, 3))
+    state = pipe.prepare_timesteps(None, if_timesteps.fast27_timesteps, None, (1, 8, 8, 3))
     assert np.asarray(state.timesteps).tolist() == if_timesteps.fast27_timesteps
 
 
@@ -494,11 +495,12 @@ def _bad_inputs():
 def test_bad_input_fails_before_compiling(stage1, stage2, name, kwargs, message):
     import jaxgen
     from jaxgen.models import safety_checker
-    from jaxgen.pipelines import deepfloyd_if, pipeline_utils, sampling
+    from jaxgen.pipelines import deepfloyd_if, sampling
+    from jaxgen.text import encoding
 
     pipe = stage2[2] if "SuperResolution" in name else stage1[2]
     other = getattr(jaxgen, name)(**pipe.components)
-    jitted = (sampling.denoise, pipeline_utils.encode_text, deepfloyd_if.upscale_and_noise, safety_checker.check_safety)
+    jitted = (sampling.denoise, encoding._encode, deepfloyd_if.upscale_and_noise, safety_checker.check_safety)
     before = [f._cache_size() for f in jitted]
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         other(**{"prompt": "a photo of a cat", "num_inference_steps": STEPS, **kwargs})
@@ -510,33 +512,99 @@ def test_generator_is_refused_with_a_pointer_to_rng(stage1):
         stage1[2]("a cat", generator=torch.Generator())
 
 
-def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, tmp_path):
-    """`jaxgen generate --model <IF stage I>` runs stages I, II and III (here: tiny ones) in one command."""
+@pytest.fixture(scope="module")
+def stage3(tmp_path_factory):
+    """The folder of a tiny x4 upscaler (stage III)."""
     from tests.test_stable_diffusion_upscale import build_tiny_upscale
+
+    folder = tmp_path_factory.mktemp("if_stage3")
+    build_tiny_upscale(folder)
+    return folder
+
+
+def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, stage3, tmp_path):
+    """`jaxgen generate --model <IF stage I>` runs stages I, II and III (here: tiny ones) in one command."""
     from jaxgen.cli import main
 
     folder1, _, _ = stage1
     folder2, _, _ = stage2
-    folder3 = tmp_path / "stage3"
-    build_tiny_upscale(folder3)
     out = tmp_path / "cascade.png"
     argv = ["generate", PROMPTS[0], "--model", str(folder1), "--stage2-model", str(folder2), "--stage3-model",
-            str(folder3), "--steps", "2", "--seed", "3", "--height", "16", "--width", "16", "--save-stages",
+            str(stage3), "--steps", "2", "--seed", "3", "--height", "16", "--width", "16", "--save-stages",
             "--noise-level", "20", "--out", str(out)]
     assert main(argv) == 0
     sizes = {p.name: PIL.Image.open(p).size for p in tmp_path.glob("cascade*.png")}
     assert sizes == {"cascade-stage1.png": (16, 16), "cascade-stage2.png": (32, 32), "cascade.png": (64, 64)}
     assert main(argv[:-2] + ["--stages", "4", "--out", str(tmp_path / "x.png")]) == 2
+    # the library function the command runs gives the same images
+    from jaxgen.pipelines.deepfloyd_if import generate_cascade
+
+    images = generate_cascade(PROMPTS[0], folder1, folder2, stage3, num_inference_steps=2, rng=3, height=16,
+                              width=16, noise_level=20)
+    np.testing.assert_array_equal(np.asarray(images[0]), np.asarray(PIL.Image.open(out)))
 
 
-def test_warmup_compiles_so_the_call_does_not(stage1):
-    from jaxgen.pipelines import sampling
+def test_cascade_frees_each_stage_before_loading_the_next_and_finds_every_stage_first(stage1, stage2, monkeypatch):
+    import gc
+    import weakref
 
-    _, _, pipe = stage1
-    settings = dict(height=8, width=24, num_inference_steps=2, guidance_scale=7.0, output_type="np")  # a new size
-    before = sampling.denoise._cache_size()
-    seconds = pipe.warmup(batch_size=1, **settings)
-    assert seconds > 0 and sampling.denoise._cache_size() == before + 1
-    images = pipe(PROMPTS[0], rng=0, **settings).images
-    assert images.shape == (1, 8, 24, 3) and np.isfinite(images).all()
-    assert sampling.denoise._cache_size() == before + 1
+    import jaxgen
+    from jaxgen.pipelines.deepfloyd_if import generate_cascade
+
+    folder1, folder2 = stage1[0], stage2[0]
+    alive = []
+    load_1, load_2 = jaxgen.IFPipeline.from_pretrained.__func__, jaxgen.IFSuperResolutionPipeline.from_pretrained.__func__
+
+    def stage_1_loader(cls, *args, **kwargs):
+        pipe = load_1(cls, *args, **kwargs)
+        alive.extend(weakref.ref(x) for x in [pipe] + jax.tree_util.tree_leaves(pipe.unet.variables))
+        return pipe
+
+    def stage_2_loader(cls, *args, **kwargs):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in alive))  # stage I's pipeline and UNet params still alive
+        return load_2(cls, *args, **kwargs)
+
+    monkeypatch.setattr(jaxgen.IFPipeline, "from_pretrained", classmethod(stage_1_loader))
+    monkeypatch.setattr(jaxgen.IFSuperResolutionPipeline, "from_pretrained", classmethod(stage_2_loader))
+    images = generate_cascade(PROMPTS[0], folder1, folder2, None, num_inference_steps=2, rng=0)
+    assert len(images) == 1 and images[0].size == (32, 32)
+    assert alive[-1] == 0 and len(alive) > 2
+    # a stage II that cannot be found fails before stage I loads or samples
+    alive.clear()
+    with pytest.raises(FileNotFoundError, match="no-such-stage-2"):
+        generate_cascade(PROMPTS[0], folder1, str(folder1.parent / "no-such-stage-2"), None)
+    assert alive == []
+
+
+def _warmup_cases():
+    img = lambda h, w, c=3: np.random.default_rng(h * w).uniform(0, 1, (1, h, w, c)).astype(np.float32)
+    return [
+        ("IFPipeline", dict(height=8, width=8), {}),
+        ("IFImg2ImgPipeline", dict(height=8, width=8), dict(image=img(8, 8), strength=0.5)),
+        ("IFInpaintingPipeline", dict(height=8, width=8), dict(image=img(8, 8), mask_image=img(8, 8, 1))),
+        ("IFSuperResolutionPipeline", dict(height=32, width=32), dict(image=img(8, 8))),
+        ("IFImg2ImgSuperResolutionPipeline", dict(height=32, width=32), dict(image=img(8, 8), original_image=img(32, 32))),
+        ("IFInpaintingSuperResolutionPipeline", dict(height=32, width=32),
+         dict(image=img(8, 8), original_image=img(32, 32), mask_image=img(32, 32, 1))),
+    ]
+
+
+@pytest.mark.parametrize("name,size,inputs", _warmup_cases(), ids=[c[0] for c in _warmup_cases()])
+def test_warmup_compiles_what_the_call_runs(stage1, stage2, name, size, inputs):
+    """Every IF pipeline's warmup (the IF config's DDPM, 2 steps) compiles all its call runs: the call
+    after it compiles nothing, whatever the inputs' values."""
+    import jaxgen
+    from tests.conftest import count_compiles
+
+    pipe = getattr(jaxgen, name)(**(stage2 if "SuperResolution" in name else stage1)[2].components)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.warmup(**size, num_inference_steps=2, batch_size=1, output_type="np") > 0
+    takes = set(inspect.signature(pipe.__call__).parameters)
+    call = {k: v for k, v in size.items() if k in takes}
+    with count_compiles() as compiled:
+        images = pipe(prompt=PROMPTS[1], num_inference_steps=2, output_type="np", rng=5, **call, **inputs).images
+    assert compiled() == 0
+    assert images.shape[1:3] == (size["height"], size["width"]) and np.isfinite(images).all()
+    with pytest.raises(TypeError, match="_compile_only"):  # no private switch in the public arguments
+        pipe(prompt=PROMPTS[1], _compile_only=True, **inputs)

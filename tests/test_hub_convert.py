@@ -176,7 +176,7 @@ def test_cli_generate_and_clear_errors(tiny_pixart, tmp_path):
 def test_sentencepiece_tokenizer_folder_as_on_the_hub(tmp_path):
     """The Hub's PixArt/IF repos ship the slow format (spiece.model + tokenizer_config.json)."""
     from tests.conftest import make_t5_tokenizer
-    from jaxgen.pipelines.pipeline_utils import _load_tokenizer
+    from jaxgen.pipelines.loading import _load_tokenizer
 
     reference = make_t5_tokenizer(tmp_path / "spm")
     folder = tmp_path / "tokenizer"

@@ -150,14 +150,15 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("kwargs,message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
 def test_bad_input_fails_before_compiling(jax_pipe, kwargs, message):
-    from jaxgen.pipelines import pixart_alpha, sampling
+    from jaxgen.pipelines import sampling
+    from jaxgen.text import encoding
 
     call = dict(prompt="a photo of a cat", height=16, width=16, use_resolution_binning=False, num_inference_steps=2)
     call.update(kwargs)
-    before = (sampling.denoise._cache_size(), pixart_alpha.encode_text._cache_size())
+    before = (sampling.denoise._cache_size(), encoding._encode._cache_size())
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         jax_pipe(**call)
-    assert (sampling.denoise._cache_size(), pixart_alpha.encode_text._cache_size()) == before
+    assert (sampling.denoise._cache_size(), encoding._encode._cache_size()) == before
 
 
 def test_negative_embeds_of_another_shape(jax_pipe):
@@ -207,6 +208,23 @@ def test_resolution_binning_and_resize_back_match_diffusers(tiny_pixart_256):
         ref = torch_pipe(latents=torch.from_numpy(nhwc_to_nchw(latents).copy()), **common).images
     assert ours.shape == ref.shape == (1, 200, 300, 3)
     assert rel_l2(ours, ref) < 1e-4
+
+
+def test_binning_without_bins_names_the_sizes_and_the_way_out(jax_pipe):
+    """diffusers' "Invalid sample size" ValueError, saying which sample sizes have bins and what to pass."""
+    from jaxgen import PixArtAlphaPipeline
+    from jaxgen.pipelines import sampling
+
+    module, variables = jax_pipe.transformer.unbind()
+    other = module.clone(config=module.config.replace(sample_size=48))
+    pipe = PixArtAlphaPipeline(**{**jax_pipe.components, "transformer": other.bind(variables)})
+    before = sampling.denoise._cache_size()
+    with pytest.raises(ValueError, match="Invalid sample size") as error:
+        pipe("a cat", num_inference_steps=2)
+    message = str(error.value)
+    assert "sample_size is 48" in message and "128 (1024 px), 64 (512 px), 32 (256 px)" in message
+    assert "use_resolution_binning=False" in message and "--no-resolution-binning" in message
+    assert sampling.denoise._cache_size() == before
 
 
 def test_bfloat16_pipeline_is_close_to_float32(tiny_pixart, jax_pipe):

@@ -166,8 +166,8 @@ def test_legacy_config_parity(legacy_model):
 
 
 @pytest.mark.parametrize("repo", sorted(REAL))
-def test_real_config_and_key_coverage(repo, shared_configs):
-    raw = json.loads((shared_configs / repo / "transformer" / "config.json").read_text())
+def test_real_config_and_key_coverage(repo, real_configs):
+    raw = json.loads((real_configs / repo / "transformer" / "config.json").read_text())
     assert raw["_class_name"] == "Transformer2DModel"
     cfg = PixArtTransformer2DModelConfig.from_dict(raw)
     assert cfg == REAL[repo]()

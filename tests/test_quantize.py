@@ -137,9 +137,9 @@ def test_quantize_t5_module_and_params():
     assert got == want
 
 
-def test_t5_xxl_param_bytes(shared_configs):
+def test_t5_xxl_param_bytes(real_configs):
     """T5-XXL (PixArt-α's text encoder) from shapes alone: float32, bfloat16 and int8 bytes."""
-    config = json.loads((shared_configs / "PixArt-alpha__PixArt-XL-2-1024-MS/text_encoder/config.json").read_text())
+    config = json.loads((real_configs / "PixArt-alpha__PixArt-XL-2-1024-MS/text_encoder/config.json").read_text())
     shapes = T5EncoderModel(T5Config.from_dict(config)).param_shapes()
     fp32 = param_bytes(shapes)
     bf16 = param_bytes(cast_floating(shapes, jnp.bfloat16))

@@ -103,8 +103,8 @@ def test_flags_and_black_images_match_diffusers(checker, caplog):
             assert not flagged.all()
 
 
-def test_key_coverage_real_config(shared_configs):
-    cfg_dict = json.loads((shared_configs / "DeepFloyd__IF-I-XL-v1.0" / "safety_checker" / "config.json").read_text())
+def test_key_coverage_real_config(real_configs):
+    cfg_dict = json.loads((real_configs / "DeepFloyd__IF-I-XL-v1.0" / "safety_checker" / "config.json").read_text())
     with torch.device("meta"):
         tmodel = TorchIFSafetyChecker(transformers.CLIPConfig(**cfg_dict))
     torch_shapes = {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}

@@ -27,6 +27,7 @@ from jaxgen.schedulers import (
     DPMSolverMultistepScheduler,
     DPMSolverMultistepSchedulerState,
 )
+from jaxgen.schedulers.base import noise_from_original_sample, predicted_noise, predicted_original_sample
 from tests.conftest import nchw_to_nhwc, nhwc_to_nchw, rel_l2
 
 SHAPE = (2, 8, 8, 4)  # B, H, W, C (channels last)
@@ -165,6 +166,23 @@ def test_dpm_add_noise_with_state_matches_diffusers():
     got = ours.add_noise(state, x0, eps, t)
     want = theirs.add_noise(to_torch(x0), to_torch(eps), torch.from_numpy(t).long())
     assert rel_l2(got, nchw_to_nhwc(want)) < 1e-6
+
+
+def test_prediction_type_conversions_recover_x0_and_eps():
+    # float64 numpy, with alpha per sample: the conversions are plain arithmetic on any array type
+    rng = np.random.RandomState(2)
+    x0, eps = rng.randn(2, 5, 4, 4, 3)
+    alpha = rng.uniform(0.05, 0.95, size=(5, 1, 1, 1))
+    sigma = np.sqrt(1.0 - alpha**2)
+    x_t = alpha * x0 + sigma * eps
+    outputs = {"epsilon": eps, "sample": x0, "v_prediction": alpha * eps - sigma * x0}  # v: Salimans & Ho 2022
+    for kind, out in outputs.items():
+        np.testing.assert_allclose(predicted_original_sample(kind, out, x_t, alpha, sigma), x0, rtol=0, atol=1e-9)
+        np.testing.assert_allclose(predicted_noise(kind, out, x_t, alpha, sigma), eps, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(noise_from_original_sample(x0, x_t, alpha, sigma), eps, rtol=0, atol=1e-9)
+    for convert in (predicted_original_sample, predicted_noise):
+        with pytest.raises(ValueError, match="prediction_type.*epsilon.*sample.*v_prediction.*'flow_prediction'"):
+            convert("flow_prediction", eps, x_t, alpha, sigma)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -99,9 +99,9 @@ def test_pixart_param_specs(mesh24):
         assert specs[replicated] == P(), replicated
 
 
-def test_real_t5_xxl_spreads_over_the_model_axis(shared_configs):
+def test_real_t5_xxl_spreads_over_the_model_axis(real_configs):
     """T5-XXL (4.76B params) on a 1 x 8 mesh: about 0.71B params per device (shapes only, nothing allocated)."""
-    config = json.loads((shared_configs / "PixArt-alpha__PixArt-XL-2-1024-MS" / "text_encoder" / "config.json").read_text())
+    config = json.loads((real_configs / "PixArt-alpha__PixArt-XL-2-1024-MS" / "text_encoder" / "config.json").read_text())
     model = T5EncoderModel.from_config(config)
     mesh = sharding.make_mesh(data=1, model=8)
     shapes = model.param_shapes()
@@ -260,10 +260,11 @@ def test_pipeline_mesh_from_components(pipes, tiny_pixart, mesh24):
 
 
 def test_warmup_compiles_so_the_call_does_not(pipes):
-    from jaxgen.pipelines import pixart_alpha, sampling
+    from jaxgen.pipelines import pipeline_utils, sampling
+    from jaxgen.text import encoding
 
     pipe = pipes["8"]
-    jitted = (sampling.denoise, pixart_alpha.encode_text, pixart_alpha.decode_latents)
+    jitted = (sampling.denoise, encoding._encode, pipeline_utils.decode_latents)
     # a size no other test uses, so that its programs are not compiled yet
     settings = dict(height=16, width=40, num_inference_steps=3, guidance_scale=4.5, output_type="np",
                     use_resolution_binning=False)
@@ -271,8 +272,11 @@ def test_warmup_compiles_so_the_call_does_not(pipes):
     seconds = pipe.warmup(batch_size=2, **settings)
     warmed = [f._cache_size() for f in jitted]
     assert seconds > 0 and warmed[0] == before[0] + 1 and warmed[2] == before[2] + 1
-    images = pipe(PROMPTS[:2], rng=0, **settings).images
-    assert [f._cache_size() for f in jitted] == warmed
+    from tests.conftest import count_compiles
+
+    with count_compiles() as compiled:
+        images = pipe(PROMPTS[:2], rng=0, **settings).images
+    assert compiled() == 0 and [f._cache_size() for f in jitted] == warmed
     assert images.shape == (2, 16, 40, 3) and np.isfinite(images).all()
 
 

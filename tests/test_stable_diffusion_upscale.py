@@ -18,7 +18,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from tests.conftest import nchw_to_nhwc, nhwc_to_nchw, perturb_, rel_l2
+from tests.conftest import make_clip_tokenizer, nchw_to_nhwc, nhwc_to_nchw, perturb_, rel_l2
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -29,25 +29,12 @@ REPO = "stabilityai__stable-diffusion-x4-upscaler"
 SAFETY_P_BIAS = 0.0
 
 
-def make_clip_tokenizer(folder: Path, max_length: int = 12):
-    """A tiny byte-level BPE CLIP tokenizer: letters, their word-final forms and a few merges."""
-    from transformers import CLIPTokenizer
-
-    folder.mkdir(parents=True, exist_ok=True)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = ["<|startoftext|>", "<|endoftext|>", "!", *letters, *(c + "</w>" for c in letters),
-             "th", "the</w>", "ca", "cat</w>", "at</w>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\nt h\nth e</w>\nc a\nca t</w>\na t</w>\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=max_length)
-
-
 def build_tiny_upscale(folder: Path):
     """Build, perturb and ``save_pretrained`` a tiny x4-upscaler-like diffusers pipeline; returns it."""
     from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.conftest import SHARED_CONFIGS
+    from tests.conftest import REAL_CONFIGS
 
     folder = Path(folder)
     torch.manual_seed(0)
@@ -70,7 +57,7 @@ def build_tiny_upscale(folder: Path):
     )
     for i, m in enumerate((text_encoder, unet, vae)):
         perturb_(m, seed=i)
-    configs = SHARED_CONFIGS / REPO
+    configs = REAL_CONFIGS / REPO
     scheduler = DDIMScheduler.from_config(json.loads((configs / "scheduler" / "scheduler_config.json").read_text()))
     low_res = DDPMScheduler.from_config(json.loads((configs / "low_res_scheduler" / "scheduler_config.json").read_text()))
     pipe = StableDiffusionUpscalePipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -81,7 +68,7 @@ def build_tiny_upscale(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def tiny_upscale(tmp_path_factory, shared_configs):
+def tiny_upscale(tmp_path_factory, real_configs):
     """(folder, diffusers pipeline, jaxgen pipeline) of a tiny x4-upscaler-like pipeline."""
     import jaxgen
 
@@ -219,8 +206,17 @@ def test_seeds_outputs_and_config(tiny_upscale):
     assert nsfw is None
     assert pipe.config.max_noise_level == 350 and pipe.vae.config.scaling_factor == 0.08333
     assert type(pipe)(**pipe.components).config.max_noise_level == 350
-    # warmup compiles the very programs a call runs (here already compiled: it only has to run)
-    assert pipe.warmup(SIZE, SIZE, num_inference_steps=STEPS, batch_size=2) > 0
+
+
+def test_warmup_compiles_what_the_call_runs(tiny_upscale):
+    from tests.conftest import count_compiles
+
+    _, _, pipe = tiny_upscale
+    assert pipe.warmup(SIZE, SIZE, num_inference_steps=STEPS, batch_size=3, output_type="np") > 0  # a new batch size
+    with count_compiles() as compiled:
+        images = pipe(prompt=["a cat", "the mat", "a hat"], image=_images(3, 7), num_inference_steps=STEPS, rng=2,
+                      output_type="np").images
+    assert compiled() == 0 and images.shape == (3, 2 * SIZE, 2 * SIZE, 3)
 
 
 def test_vae_scaling_factor_forced_as_diffusers(tiny_upscale, caplog):

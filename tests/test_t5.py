@@ -161,9 +161,9 @@ def test_config_derives_activation_like_transformers():
         ("kandinsky-community__kandinsky-3", dict(d_model=4096, d_kv=256, num_heads=16, d_ff=16384, num_layers=32, act="silu")),
     ],
 )
-def test_key_coverage_real_configs(shared_configs, repo, expected):
+def test_key_coverage_real_configs(real_configs, repo, expected):
     """Every key of the real-size model (meta device) maps onto the Flax params with the right shape."""
-    cfg_dict = json.loads((shared_configs / repo / "text_encoder" / "config.json").read_text())
+    cfg_dict = json.loads((real_configs / repo / "text_encoder" / "config.json").read_text())
     config = T5Config.from_dict(cfg_dict)
     got = dict(d_model=config.d_model, d_kv=config.d_kv, num_heads=config.num_heads, d_ff=config.d_ff,
                num_layers=config.num_layers, act=config.dense_act_fn)

@@ -24,7 +24,7 @@ TOL = 1e-5
 # (the default settings are exercised by test_jit_equals_eager).
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
-# Tiny configs with the properties of the real ones (see ../shared/configs/README.md for IF-II).
+# Tiny configs with the properties of the real ones (see tests/configs/README.md for IF-II).
 IF_I = UNet2DConditionModelConfig.tiny().to_dict()
 IF_II = UNet2DConditionModelConfig.tiny(
     in_channels=6, out_channels=6, layers_per_block=(1, 1, 2), class_embed_type="timestep", only_cross_attention=True,
@@ -222,8 +222,8 @@ REAL = {
 
 
 @pytest.mark.parametrize("repo", sorted(REAL))
-def test_key_coverage_real_config(shared_configs, repo):
-    raw = json.loads((shared_configs / repo / "unet" / "config.json").read_text())
+def test_key_coverage_real_config(real_configs, repo):
+    raw = json.loads((real_configs / repo / "unet" / "config.json").read_text())
     with torch.device("meta"):
         ref_model = diffusers.UNet2DConditionModel.from_config(raw)
     torch_shapes = {k: tuple(v.shape) for k, v in ref_model.state_dict().items()}

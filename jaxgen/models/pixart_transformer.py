@@ -20,7 +20,7 @@ from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.embeddings import PatchEmbed, PixArtAlphaCombinedTimestepSizeEmbeddings, PixArtAlphaTextProjection
-from jaxgen.nn.transformer import FeedForward, layer_norm
+from jaxgen.nn.transformer import TRANSFORMER_PARAM_AXES, FeedForward, layer_norm
 
 __all__ = [
     "PixArtTransformer2DModelConfig",
@@ -195,6 +195,7 @@ class PixArtTransformer2DModel(nn.Module, PretrainedModel):
     dtype: Any = jnp.float32
 
     config_class = PixArtTransformer2DModelConfig
+    param_axes = TRANSFORMER_PARAM_AXES  # jaxgen.sharding: attention heads and feed-forward width split
 
     def init_args(self) -> tuple:
         cfg = self.config

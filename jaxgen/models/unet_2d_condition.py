@@ -5,22 +5,18 @@
 samples and returns ``UNet2DConditionOutput(sample=(B, H, W, out_channels))``. With learned
 variance (IF: ``out_channels = 2 * in_channels``) all channels are returned; the pipeline splits them.
 
-The conditioning pieces, each a small module named as in diffusers:
-  * ``time_proj`` (sinusoidal) -> ``time_embedding`` (MLP), optionally conditioned by ``timestep_cond``;
-  * ``class_embedding``: ``nn.Embedding`` (``num_class_embeds``: the upscaler's noise level),
-    ``"timestep"`` (sinusoidal + MLP of ``class_labels``: IF-II's noise level), ``"identity"``,
-    ``"projection"``, ``"simple_projection"``;
-  * ``add_embedding``: ``"text"`` (``TextTimeEmbedding``: attention pooling of the raw text
-    embeddings, IF), ``"text_image"`` (Kandinsky 2.1), ``"image"`` / ``"image_hint"`` (Kandinsky 2.2);
-  * ``encoder_hid_proj``: ``"text_proj"`` (a linear map of the text, IF), ``"text_image_proj"``
-    (Kandinsky 2.1), ``"image_proj"`` (Kandinsky 2.2).
-The down/mid/up blocks are in ``jaxgen.nn.unet_blocks``.
+This file holds the config dataclass (its fields are config.json's keys), the model (the
+``param_axes`` table for sharding, and how it wires its pieces, named as in diffusers) and its output.
+The conditioning: ``time_proj`` (sinusoidal) -> ``time_embedding`` (MLP), optionally conditioned by
+``timestep_cond``, plus ``class_embedding`` and ``add_embedding``, then ``encoder_hid_proj`` on the
+text; those three are built by ``jaxgen.nn.unet_embeddings`` (IF's text pooling, Kandinsky 2.x's image
+embeddings and projections). The down/mid/up blocks are in ``jaxgen.nn.unet_blocks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
@@ -28,12 +24,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.modeling import ModelConfig, PretrainedModel
-from jaxgen.nn.attention import dot_product_attention
 from jaxgen.nn.embeddings import Timesteps, TimestepEmbedding
-from jaxgen.nn.linear import Dense
 from jaxgen.nn.resnet import conv2d, get_activation, group_norm
-from jaxgen.nn.transformer import layer_norm
+from jaxgen.nn.transformer import TRANSFORMER_PARAM_AXES
 from jaxgen.nn import unet_blocks as blocks
+from jaxgen.nn.unet_embeddings import addition_embedding, class_embedding, project_encoder
+# the embedding modules lived here before jaxgen.nn.unet_embeddings; still importable from this module
+from jaxgen.nn.unet_embeddings import (
+    AttentionPooling, ImageHintTimeEmbedding, ImageProjection, ImageTimeEmbedding, TextImageProjection,
+    TextImageTimeEmbedding, TextTimeEmbedding,
+)
 
 __all__ = [
     "UNet2DConditionModelConfig", "UNet2DConditionModel", "UNet2DConditionOutput",
@@ -255,157 +255,6 @@ class UNet2DConditionOutput:
     sample: jax.Array
 
 
-# ----------------------------------------------------------------------------- conditioning embeddings
-
-
-class AttentionPooling(nn.Module):
-    """diffusers' ``AttentionPooling`` (from DeepFloyd IF): one query, the mean token + ``positional_embedding``,
-    attends over itself and the tokens (``q_proj``/``k_proj``/``v_proj``, no output projection).
-
-    Takes (B, L, D); returns (B, D). Padding tokens are pooled too, as in diffusers.
-    """
-
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, _, d = x.shape
-        head_dim = d // self.num_heads
-        pos = self.param("positional_embedding", lambda key: jax.random.normal(key, (1, d)) / d**0.5)
-        class_token = jnp.mean(x, axis=1, keepdims=True) + pos.astype(x.dtype)
-        tokens = jnp.concatenate([class_token, x], axis=1)
-        split = lambda t: t.reshape(b, t.shape[1], self.num_heads, head_dim)
-        q = split(Dense(d, dtype=self.dtype, name="q_proj")(class_token))
-        k = split(Dense(d, dtype=self.dtype, name="k_proj")(tokens))
-        v = split(Dense(d, dtype=self.dtype, name="v_proj")(tokens))
-        return dot_product_attention(q, k, v).reshape(b, d)
-
-
-class TextTimeEmbedding(nn.Module):
-    """diffusers' ``TextTimeEmbedding``: LayerNorm ``norm1`` -> ``pool`` -> ``proj`` -> LayerNorm ``norm2``.
-
-    Takes the text embeddings (B, L, D) before ``encoder_hid_proj``; returns (B, time_embed_dim).
-    """
-
-    time_embed_dim: int
-    num_heads: int = 64
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        x = layer_norm(1e-5, True, self.dtype, "norm1")(hidden_states)
-        x = AttentionPooling(self.num_heads, dtype=self.dtype, name="pool")(x)
-        x = Dense(self.time_embed_dim, dtype=self.dtype, name="proj")(x)
-        return layer_norm(1e-5, True, self.dtype, "norm2")(x)
-
-
-class TextImageTimeEmbedding(nn.Module):
-    """diffusers' ``TextImageTimeEmbedding`` (Kandinsky 2.1): ``text_norm(text_proj(text)) + image_proj(image)``.
-
-    Takes text_embeds (B, Dt) and image_embeds (B, Di); returns (B, time_embed_dim).
-    """
-
-    time_embed_dim: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, text_embeds: jax.Array, image_embeds: jax.Array) -> jax.Array:
-        text = Dense(self.time_embed_dim, dtype=self.dtype, name="text_proj")(text_embeds)
-        text = layer_norm(1e-5, True, self.dtype, "text_norm")(text)
-        return Dense(self.time_embed_dim, dtype=self.dtype, name="image_proj")(image_embeds) + text
-
-
-class ImageTimeEmbedding(nn.Module):
-    """diffusers' ``ImageTimeEmbedding`` (Kandinsky 2.2): (B, Di) -> ``image_norm(image_proj(image))`` (B, T)."""
-
-    time_embed_dim: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, image_embeds: jax.Array) -> jax.Array:
-        x = Dense(self.time_embed_dim, dtype=self.dtype, name="image_proj")(image_embeds)
-        return layer_norm(1e-5, True, self.dtype, "image_norm")(x)
-
-
-class ImageHintTimeEmbedding(nn.Module):
-    """diffusers' ``ImageHintTimeEmbedding`` (Kandinsky 2.2 ControlNet).
-
-    Takes image_embeds (B, Di) and hint (B, 8h, 8w, 3) NHWC; returns (``image_norm(image_proj(image))``
-    (B, time_embed_dim), the hint encoded by ``input_hint_block`` (8 convs with SiLU, three of stride
-    2) to (B, h, w, 4)).
-    """
-
-    time_embed_dim: int
-    dtype: Any = jnp.float32
-
-    # (out channels, stride) of the convs at input_hint_block.{0, 2, ..., 14}; SiLU between them.
-    _HINT_CONVS = ((16, 1), (16, 1), (32, 2), (32, 1), (96, 2), (96, 1), (256, 2), (4, 1))
-
-    @nn.compact
-    def __call__(self, image_embeds: jax.Array, hint: jax.Array) -> tuple[jax.Array, jax.Array]:
-        x = Dense(self.time_embed_dim, dtype=self.dtype, name="image_proj")(image_embeds)
-        x = layer_norm(1e-5, True, self.dtype, "image_norm")(x)
-        for i, (features, stride) in enumerate(self._HINT_CONVS):
-            if i:
-                hint = jax.nn.silu(hint)
-            hint = conv2d(features, 3, stride=stride, padding=1, dtype=self.dtype, name=f"input_hint_block.{2 * i}")(hint)
-        return x, hint
-
-
-class TextImageProjection(nn.Module):
-    """diffusers' ``TextImageProjection`` (Kandinsky 2.1's ``encoder_hid_proj``).
-
-    Takes text_embeds (B, L, Dt) and image_embeds (B, Di); returns (B, num_image_text_embeds + L,
-    cross_attention_dim): the image as ``num_image_text_embeds`` tokens (``image_embeds``) before the
-    projected text (``text_proj``).
-    """
-
-    cross_attention_dim: int
-    num_image_text_embeds: int = 10
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, text_embeds: jax.Array, image_embeds: jax.Array) -> jax.Array:
-        b = text_embeds.shape[0]
-        width = self.num_image_text_embeds * self.cross_attention_dim
-        image = Dense(width, dtype=self.dtype, name="image_embeds")(image_embeds)
-        image = image.reshape(b, self.num_image_text_embeds, self.cross_attention_dim)
-        text = Dense(self.cross_attention_dim, dtype=self.dtype, name="text_proj")(text_embeds)
-        return jnp.concatenate([image, text], axis=1)
-
-
-class ImageProjection(nn.Module):
-    """diffusers' ``ImageProjection`` (Kandinsky 2.2's ``encoder_hid_proj``): (B, Di) -> (B, 32, cross_attention_dim)."""
-
-    cross_attention_dim: int
-    num_image_text_embeds: int = 32
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, image_embeds: jax.Array) -> jax.Array:
-        b = image_embeds.shape[0]
-        width = self.num_image_text_embeds * self.cross_attention_dim
-        x = Dense(width, dtype=self.dtype, name="image_embeds")(image_embeds)
-        x = x.reshape(b, self.num_image_text_embeds, self.cross_attention_dim)
-        return layer_norm(1e-5, True, self.dtype, "norm")(x)
-
-
-def _require(added: Mapping[str, jax.Array] | None, keys: tuple[str, ...], field: str,
-             value: str) -> Mapping[str, jax.Array]:
-    added = added or {}
-    missing = [k for k in keys if k not in added]
-    if missing:
-        raise ValueError(f"the config param `{field}` is {value!r}, which requires the keyword argument(s) "
-                         f"{missing} in `added_cond_kwargs`")
-    return added
-
-
-def _require_encoder(encoder_hidden_states: jax.Array | None, field: str, value: str) -> None:
-    if encoder_hidden_states is None:
-        raise ValueError(f"the config param `{field}` is {value!r}, which requires `encoder_hidden_states`")
-
-
 # ----------------------------------------------------------------------------- the model
 
 
@@ -439,6 +288,17 @@ class UNet2DConditionModel(nn.Module, PretrainedModel):
     dtype: Any = jnp.float32
 
     config_class = UNet2DConditionModelConfig
+    # logical axes of the params (jaxgen.sharding): attention as diffusers' transformers, plus
+    param_axes = TRANSFORMER_PARAM_AXES + (
+        # added-KV attention (IF's SimpleCrossAttn blocks): the text projections split by heads too
+        (r"(.*/)?add_[kv]_proj/kernel", ("embed", "heads")),
+        (r"(.*/)?add_[kv]_proj/bias", ("heads",)),
+        # resnets as Megatron pairs: conv1 splits its output channels, conv2 its input channels, so
+        # the block's output is whole again (most of IF-I-XL's 4.3B parameters are in these convs)
+        (r"(.*/)?resnets\.\d+/conv1/kernel", (None, None, "embed", "mlp")),
+        (r"(.*/)?resnets\.\d+/conv1/bias", ("mlp",)),
+        (r"(.*/)?resnets\.\d+/conv2/kernel", (None, None, "mlp", "embed")),
+    )
 
     def init_args(self) -> tuple:
         cfg = self.config
@@ -470,69 +330,39 @@ class UNet2DConditionModel(nn.Module, PretrainedModel):
 
     # ------------------------------------------------------------------ conditioning
 
-    def _class_embedding(self, class_labels: jax.Array | None, time_proj: Callable, batch: int) -> jax.Array | None:
-        cfg = self.config
-        kind = cfg.class_embed_type
-        if kind is None and cfg.num_class_embeds is None:
-            return None
-        if class_labels is None:
-            raise ValueError("class_labels should be provided when num_class_embeds > 0 or class_embed_type is set")
-        dim = cfg.time_embed_dim
-        if kind in (None, "timestep"):  # one id / noise level per sample; a scalar is broadcast
-            labels = jnp.broadcast_to(jnp.reshape(jnp.asarray(class_labels), (-1,)), (batch,))
-        if kind is None:
-            return nn.Embed(cfg.num_class_embeds, dim, dtype=self.dtype, name="class_embedding")(labels.astype(jnp.int32))
-        if kind == "timestep":
-            return TimestepEmbedding(dim, act_fn=cfg.act_fn, dtype=self.dtype, name="class_embedding")(
-                time_proj(labels).astype(self.dtype))
-        labels = jnp.asarray(class_labels).astype(self.dtype)
-        if kind == "identity":
-            return labels
-        if kind == "projection":
-            return TimestepEmbedding(dim, dtype=self.dtype, name="class_embedding")(labels)
-        return Dense(dim, dtype=self.dtype, name="class_embedding")(labels)  # simple_projection
+    def _conditioning(self, sample: jax.Array, timestep: Any, encoder_hidden_states: jax.Array | None,
+                      class_labels: jax.Array | None, timestep_cond: jax.Array | None,
+                      added: Mapping[str, jax.Array] | None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+        """(sample, the embedding the resnets take, the context for cross-attention): ``time_embedding``
+        + ``class_embedding`` + ``add_embedding``; the encoded ``image_hint`` joins the sample, and the text
+        goes through ``encoder_hid_proj``."""
+        cfg, batch = self.config, sample.shape[0]
+        time_proj = Timesteps(cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
+        timesteps = jnp.broadcast_to(jnp.reshape(jnp.asarray(timestep), (-1,)), (batch,))
+        cond = None if timestep_cond is None else jnp.asarray(timestep_cond, self.dtype)
+        emb = TimestepEmbedding(cfg.time_embed_dim, act_fn=cfg.act_fn, post_act_fn=cfg.timestep_post_act,
+                                cond_proj_dim=cfg.time_cond_proj_dim, dtype=self.dtype, name="time_embedding")(
+            time_proj(timesteps).astype(self.dtype), cond)
+        class_emb = class_embedding(
+            class_labels, time_proj, kind=cfg.class_embed_type, num_class_embeds=cfg.num_class_embeds,
+            dim=cfg.time_embed_dim, act_fn=cfg.act_fn, batch=batch, dtype=self.dtype)
+        if class_emb is not None:
+            class_emb = class_emb.astype(self.dtype)
+            emb = jnp.concatenate([emb, class_emb], axis=-1) if cfg.class_embeddings_concat else emb + class_emb
+        aug_emb, hint = addition_embedding(
+            encoder_hidden_states, added, kind=cfg.addition_embed_type, dim=cfg.time_embed_dim,
+            num_heads=cfg.addition_embed_type_num_heads, dtype=self.dtype)
+        if hint is not None:
+            sample = jnp.concatenate([sample, hint.astype(self.dtype)], axis=-1)
+        if aug_emb is not None:
+            emb = emb + aug_emb
+        if cfg.time_embedding_act_fn is not None:
+            emb = get_activation(cfg.time_embedding_act_fn)(emb)
 
-    def _aug_embedding(self, encoder_hidden_states: jax.Array, added: Mapping[str, jax.Array] | None):
-        """The ``add_embedding`` term, and the encoded hint for ``image_hint`` (else None)."""
-        cfg = self.config
-        kind, dim, field = cfg.addition_embed_type, cfg.time_embed_dim, "addition_embed_type"
-        if kind is None:
-            return None, None
-        if kind == "text":
-            _require_encoder(encoder_hidden_states, field, kind)
-            emb = TextTimeEmbedding(dim, cfg.addition_embed_type_num_heads, dtype=self.dtype, name="add_embedding")(
-                encoder_hidden_states)
-            return emb, None
-        if kind == "text_image":
-            added = _require(added, ("image_embeds",), field, kind)
-            text = added.get("text_embeds", encoder_hidden_states)
-            _require_encoder(text, field, kind)
-            emb = TextImageTimeEmbedding(dim, dtype=self.dtype, name="add_embedding")(
-                jnp.asarray(text, self.dtype), jnp.asarray(added["image_embeds"], self.dtype))
-            return emb, None
-        if kind == "image":
-            added = _require(added, ("image_embeds",), field, kind)
-            image = jnp.asarray(added["image_embeds"], self.dtype)
-            return ImageTimeEmbedding(dim, dtype=self.dtype, name="add_embedding")(image), None
-        added = _require(added, ("image_embeds", "hint"), field, kind)  # image_hint
-        return ImageHintTimeEmbedding(dim, dtype=self.dtype, name="add_embedding")(
-            jnp.asarray(added["image_embeds"], self.dtype), jnp.asarray(added["hint"], self.dtype))
-
-    def _project_encoder(self, encoder_hidden_states: jax.Array, added: Mapping[str, jax.Array] | None) -> jax.Array:
-        cfg = self.config
-        kind, field = cfg.resolved_encoder_hid_dim_type, "encoder_hid_dim_type"
-        cross = cfg.level("cross_attention_dim")[0]
-        if kind is None:
-            return encoder_hidden_states
-        if kind in ("text_proj", "text_image_proj"):
-            _require_encoder(encoder_hidden_states, field, kind)
-        if kind == "text_proj":
-            return Dense(cross, dtype=self.dtype, name="encoder_hid_proj")(encoder_hidden_states)
-        added = _require(added, ("image_embeds",), field, kind)
-        image = jnp.asarray(added["image_embeds"], self.dtype)
-        if kind == "text_image_proj":
-            return TextImageProjection(cross, dtype=self.dtype, name="encoder_hid_proj")(encoder_hidden_states, image)
-        return ImageProjection(cross, dtype=self.dtype, name="encoder_hid_proj")(image)  # image_proj
+        encoder_hidden_states = project_encoder(
+            encoder_hidden_states, added, kind=cfg.resolved_encoder_hid_dim_type,
+            cross_attention_dim=cfg.level("cross_attention_dim")[0], dtype=self.dtype)
+        return sample, emb, encoder_hidden_states
 
     # ------------------------------------------------------------------ blocks
 
@@ -666,33 +496,14 @@ class UNet2DConditionModel(nn.Module, PretrainedModel):
             if mask is not None and mask.ndim != 2:
                 raise ValueError(f"{name} must be a 0/1 (batch, key_tokens) mask, got shape {mask.shape}")
 
-        batch = sample.shape[0]
         sample = sample.astype(self.dtype)
         if encoder_hidden_states is not None:  # None is allowed where image_embeds replace it (Kandinsky 2.2)
             encoder_hidden_states = jnp.asarray(encoder_hidden_states).astype(self.dtype)
         if cfg.center_input_sample:
             sample = 2 * sample - 1.0
 
-        # time, class and added embeddings
-        time_proj = Timesteps(cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift)
-        timesteps = jnp.broadcast_to(jnp.reshape(jnp.asarray(timestep), (-1,)), (batch,))
-        cond = None if timestep_cond is None else jnp.asarray(timestep_cond, self.dtype)
-        emb = TimestepEmbedding(cfg.time_embed_dim, act_fn=cfg.act_fn, post_act_fn=cfg.timestep_post_act,
-                                cond_proj_dim=cfg.time_cond_proj_dim, dtype=self.dtype, name="time_embedding")(
-            time_proj(timesteps).astype(self.dtype), cond)
-        class_emb = self._class_embedding(class_labels, time_proj, batch)
-        if class_emb is not None:
-            class_emb = class_emb.astype(self.dtype)
-            emb = jnp.concatenate([emb, class_emb], axis=-1) if cfg.class_embeddings_concat else emb + class_emb
-        aug_emb, hint = self._aug_embedding(encoder_hidden_states, added_cond_kwargs)
-        if hint is not None:
-            sample = jnp.concatenate([sample, hint.astype(self.dtype)], axis=-1)
-        if aug_emb is not None:
-            emb = emb + aug_emb
-        if cfg.time_embedding_act_fn is not None:
-            emb = get_activation(cfg.time_embedding_act_fn)(emb)
-
-        encoder_hidden_states = self._project_encoder(encoder_hidden_states, added_cond_kwargs)
+        sample, emb, encoder_hidden_states = self._conditioning(
+            sample, timestep, encoder_hidden_states, class_labels, timestep_cond, added_cond_kwargs)
         context = dict(encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
                        encoder_attention_mask=encoder_attention_mask)
 

@@ -42,8 +42,9 @@ class IFWatermarker:
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, subfolder: str | None = None,
                         dtype: Any = None, variant: str | None = None, mesh: Any = None) -> "IFWatermarker":
         """Read ``watermark_image`` from a watermarker folder's safetensors (``dtype`` and ``mesh`` are
-        accepted for a uniform loading call and ignored: the buffer stays on the host)."""
-        root = hub.resolve_checkpoint(pretrained_model_name_or_path)
+        accepted for a uniform loading call and ignored: the buffer stays on the host). From the Hub,
+        only ``subfolder``'s config and weights of ``variant`` are downloaded."""
+        root = hub.resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, kind="object", variant=variant)
         folder = hub.component_folder(root, subfolder) if subfolder else root
         state = hub.load_state_dict(folder, variant=variant)
         if set(state) != {"watermark_image"}:

@@ -17,7 +17,20 @@ import jax.numpy as jnp
 from jaxgen.nn.linear import Dense
 from jaxgen.nn.attention import Attention
 
-__all__ = ["layer_norm", "GELU", "GEGLU", "ApproximateGELU", "FeedForward", "BasicTransformerBlock"]
+__all__ = ["layer_norm", "GELU", "GEGLU", "ApproximateGELU", "FeedForward", "BasicTransformerBlock",
+           "TRANSFORMER_PARAM_AXES"]
+
+TRANSFORMER_PARAM_AXES = (
+    # diffusers' Attention (to_q/to_k/to_v/to_out.0) and FeedForward (net.0 proj, net.2)
+    (r"(.*/)?to_[qkv]/kernel", ("embed", "heads")),
+    (r"(.*/)?to_[qkv]/bias", ("heads",)),
+    (r"(.*/)?to_out\.0/kernel", ("heads", "embed")),
+    (r"(.*/)?ff/net\.0/proj/kernel", ("embed", "mlp")),
+    (r"(.*/)?ff/net\.0/proj/bias", ("mlp",)),
+    (r"(.*/)?ff/net\.2/kernel", ("mlp", "embed")),
+)
+"""Logical axes (``jaxgen.sharding``) of the attention and feed-forward params, wherever they sit in a model:
+heads and the feed-forward width split over the mesh's ``model`` axis, Megatron style."""
 
 
 def layer_norm(eps: float, elementwise_affine: bool, dtype: Any, name: str) -> nn.LayerNorm:

@@ -1,12 +1,8 @@
-"""Pipelines, one file per family; ``PIPELINES`` maps diffusers class names to their modules."""
+"""Pipelines, one module (or package) per family, on the shared layer: ``pipeline_utils``
+(``DiffusionPipeline``), ``sampling`` (the compiled loop), ``tasks`` (img2img, inpainting,
+super-resolution parts), ``checks`` (argument checks), ``outputs``, ``loading``. ``PIPELINES`` maps
+diffusers class names to their modules (from ``jaxgen.registry``)."""
 
-PIPELINES = {
-    "PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha",
-    "IFPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFImg2ImgPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFImg2ImgSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFInpaintingPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "IFInpaintingSuperResolutionPipeline": "jaxgen.pipelines.deepfloyd_if",
-    "StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale",
-}
+from jaxgen.registry import PIPELINES
+
+__all__ = ["PIPELINES"]

@@ -130,3 +130,24 @@ def classify_height_width_bin(
     closest = min(ratios.keys(), key=lambda ratio: abs(float(ratio) - aspect))
     bin_height, bin_width = ratios[closest]
     return int(bin_height), int(bin_width)
+
+
+BINS_BY_SAMPLE_SIZE: dict[int, dict[str, list[float]]] = {
+    128: ASPECT_RATIO_1024_BIN,
+    64: ASPECT_RATIO_512_BIN,
+    32: ASPECT_RATIO_256_BIN,
+}
+"""The bins a PixArt transformer was trained with, by its ``sample_size`` (latent side: 8x smaller)."""
+
+
+def bins_for_sample_size(sample_size: int) -> dict[str, list[float]]:
+    """The aspect-ratio bins of a transformer ``sample_size``; ValueError (diffusers' "Invalid sample
+    size", with what to do) for a size that has none."""
+    if sample_size not in BINS_BY_SAMPLE_SIZE:
+        sizes = ", ".join(f"{s} ({s * 8} px)" for s in BINS_BY_SAMPLE_SIZE)
+        raise ValueError(
+            f"Invalid sample size: the transformer's sample_size is {sample_size}, and resolution binning has bins"
+            f" only for sample sizes {sizes}. Pass `use_resolution_binning=False` (command line:"
+            " `--no-resolution-binning`) to generate at exactly `height` x `width`."
+        )
+    return BINS_BY_SAMPLE_SIZE[sample_size]

@@ -1,68 +1,180 @@
-"""The compiled sampling loop every pipeline shares, and the thin adapters that feed it.
+"""The compiled sampling loop every pipeline shares, and the pieces a family plugs into it.
 
-``denoise`` is one XLA program per (denoiser, scheduler, shapes, step count, guidance on/off):
-``lax.fori_loop`` over the steps with the scheduler state in the carry, classifier-free guidance as
-one batched call, no host round trip per step. A ``Denoiser`` is the model-specific part: how to
-call the model on (latents, timestep, conditioning) and how to turn its output, guided, into what
-the scheduler steps with (epsilon with or without a learned variance). N schedulers and M models
-cost N + M pieces of code.
+``denoise`` is one XLA program per (denoiser, scheduler, guidance, post-step, shapes, step count):
+``lax.fori_loop`` over the steps with the scheduler state in the carry, no host round trip per
+step. It is generic in four directions, each a small hashable object (a static jit argument):
 
-Rows and devices: the batch is split over the mesh's ``data`` axis. With guidance, the
-conditioning arrives as [unconditional rows; conditional rows] (as diffusers concatenates it), and
-the loop interleaves it (u0, c0, u1, c1, ...) so that both halves of a sample sit on the same
-device and nothing moves between devices inside the loop.
+- ``Denoiser`` -- the model: how to call it on (latents, timestep, conditioning), and whether its
+  output carries a learned variance after the prediction (it declares it; the loop never guesses).
+- guidance -- how the model calls combine: ``NoGuidance``; ``ClassifierFreeGuidance`` (conditional
+  and unconditional rows in one batched call, the usual case: negative prompts, Kandinsky 3's zero
+  embeddings, Kandinsky 2.x's negative image embeddings are all just other unconditional rows);
+  ``SeparateUnconditional`` (the unconditional prediction is a different call: UniDiffuser's
+  data-free guidance).
+- the scheduler -- any jaxgen scheduler; timesteps may be integers or continuous (Würstchen's t
+  in [0, 1]): the loop reads them from the state and hands them on unchanged.
+- ``post_step`` -- what a task does after each step (inpainting blends the known region back).
+
+Latents may be one array (B, h, w, C) or a pytree of arrays with B rows each (UniDiffuser samples an
+image latent, a CLIP embedding and a text latent together): the model sees the pytree, the
+scheduler steps on the rows flattened into one (B, D) array, as diffusers' UniDiffuser does.
+
+Rows and devices: the batch is split over the mesh's ``data`` axis. With classifier-free guidance
+the conditioning arrives as [unconditional rows; conditional rows] (as diffusers concatenates it);
+the loop interleaves it (u0, c0, u1, c1, ...) so both halves of a sample sit on the same device.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxgen import sharding
 from jaxgen.pipelines import progress
 
-__all__ = ["Denoiser", "denoise", "FirstRows", "run_denoise", "guidance_rows", "accepts"]
+__all__ = [
+    "Denoiser", "NoGuidance", "ClassifierFreeGuidance", "SeparateUnconditional", "PostStep", "FirstRows",
+    "denoise", "guide", "accepts", "compile_only", "is_compile_only", "flat_rows", "unflatten_rows",
+]
+
+_LEARNED = ("learned", "learned_range")
 
 
 class Denoiser:
     """A model adapter for ``denoise``. Subclasses are frozen dataclasses (hashable: a static jit argument).
 
-    ``predict(params, model_input, timestep, cond)``: model_input (N, h, w, C), timestep (N,),
-    cond a pytree of (N, ...) arrays -> the model's output (N, h, w, C') in float32.
-    ``guide(uncond, text, scale)``: the two halves' outputs -> the guided output.
-    ``scheduler_input(output, latent_channels, scheduler)``: what the scheduler's step takes.
-    ``post_step(latents, previous, cond)``: the latents after a step, given those before it and the
-    conditioning of each sample (one row per latent row, the conditional half with guidance);
-    identity by default (inpainting blends the known region back in here).
+    ``predict(params, model_input, timestep, cond)``: the model on ``model_input`` (N rows, an array
+    (N, h, w, C) or a pytree), ``timestep`` (N,) and ``cond`` (a pytree of (N, ...) arrays) -> its
+    output, shaped like ``model_input`` (with the variance channels appended when
+    ``learned_variance()``). ``predict_unconditional``: the unconditional prediction for guidance
+    that is a separate call (``SeparateUnconditional``); ``key`` is this step's key.
     """
 
-    def predict(self, params: Any, model_input: jax.Array, timestep: jax.Array, cond: Any) -> jax.Array:
+    def predict(self, params: Any, model_input: Any, timestep: jax.Array, cond: Any) -> Any:
         raise TypeError(f"{type(self).__name__} must define predict()")
 
-    def guide(self, uncond: jax.Array, text: jax.Array, scale: jax.Array) -> jax.Array:
-        """Classifier-free guidance, Ho & Salimans (2022): uncond + s (text - uncond), every channel."""
-        return uncond + scale * (text - uncond)
+    def predict_unconditional(self, params: Any, model_input: Any, timestep: jax.Array, cond: Any,
+                              key: jax.Array) -> Any:
+        raise TypeError(f"{type(self).__name__} has no separate unconditional prediction")
 
-    def scheduler_input(self, output: jax.Array, latent_channels: int, scheduler: Any) -> jax.Array:
-        """Epsilon only: a learned variance (2x the latent channels) is dropped."""
-        return output[..., :latent_channels] if output.shape[-1] == 2 * latent_channels else output
+    def learned_variance(self) -> bool:
+        """Whether the output's last axis is [prediction, variance] (twice the latent channels)."""
+        return False
 
-    def post_step(self, latents: jax.Array, previous: jax.Array, cond: Any) -> jax.Array:
-        """After each scheduler step: the new latents (B, h, w, C), by default unchanged."""
-        return latents
+    def keeps_variance(self, scheduler: Any) -> bool:
+        """Whether the scheduler steps with the learned variance: when its own config asks for one
+        (DDPM with ``variance_type`` "learned"/"learned_range"), as diffusers' IF and Kandinsky decide."""
+        keys = scheduler.config_keys() if hasattr(scheduler, "config_keys") else ()
+        return "variance_type" in keys and scheduler.config["variance_type"] in _LEARNED
+
+    def with_extra_channels(self, model_input: jax.Array, cond: Any, dtype: Any) -> jax.Array:
+        """``model_input`` with ``cond["extra_channels"]`` appended on the channel axis, in ``dtype``:
+        how super-resolution (the noised low-res image) and inpainting UNets (mask, masked image) are
+        conditioned."""
+        x = model_input.astype(dtype)
+        if "extra_channels" not in cond:
+            return x
+        return jnp.concatenate([x, cond["extra_channels"].astype(dtype)], axis=-1)
+
+
+def guide(uncond: Any, cond: Any, scale: jax.Array, channels: int | None = None) -> Any:
+    """Classifier-free guidance, Ho & Salimans (2022): uncond + s (cond - uncond), on every leaf.
+
+    ``channels``: with a learned variance, only the first ``channels`` of the last axis are guided;
+    the variance is the conditional half's (as diffusers' IF and Kandinsky do).
+    """
+    if channels is None:
+        return jax.tree_util.tree_map(lambda u, c: u + scale * (c - u), uncond, cond)
+    eps = uncond[..., :channels] + scale * (cond[..., :channels] - uncond[..., :channels])
+    return jnp.concatenate([eps, cond[..., channels:]], axis=-1)
+
+
+def _variance_channels(denoiser: Denoiser, x: Any) -> int | None:
+    return x.shape[-1] if denoiser.learned_variance() else None
 
 
 def _cfg_pairs(x: jax.Array) -> jax.Array:
     """[uncond rows; cond rows] (2B, ...) -> (2B, ...) ordered u0, c0, u1, c1, ..."""
     b = x.shape[0] // 2
     return jnp.swapaxes(x.reshape((2, b) + x.shape[1:]), 0, 1).reshape(x.shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoGuidance:
+    """The model once per step on the B sample rows; ``cond`` has B rows."""
+
+    def prepare(self, cond: Any) -> Any:
+        return cond
+
+    def sample_cond(self, cond: Any) -> Any:
+        """Each sample's own conditioning (B rows), for ``post_step``."""
+        return cond
+
+    def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
+                 key: jax.Array, rows: Callable) -> Any:
+        return denoiser.predict(params, x, jnp.broadcast_to(t, (_num_rows(x),)), cond)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierFreeGuidance:
+    """Conditional and unconditional rows in one batched call; ``cond`` arrives [uncond; cond] (2B rows)."""
+
+    def prepare(self, cond: Any) -> Any:
+        """Interleave the halves (u0, c0, u1, c1, ...): a sample's two rows stay on one device."""
+        return jax.tree_util.tree_map(_cfg_pairs, cond)
+
+    def sample_cond(self, cond: Any) -> Any:
+        """Each sample's conditional row (B rows), for ``post_step``."""
+        return jax.tree_util.tree_map(lambda x: x[1::2], cond)
+
+    def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
+                 key: jax.Array, rows: Callable) -> Any:
+        doubled = jax.tree_util.tree_map(lambda a: rows(jnp.repeat(a, 2, axis=0)), x)
+        out = denoiser.predict(params, doubled, jnp.broadcast_to(t, (2 * _num_rows(x),)), cond)
+        out = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out)
+        uncond = jax.tree_util.tree_map(lambda a: a[0::2], out)
+        conditional = jax.tree_util.tree_map(lambda a: a[1::2], out)
+        return guide(uncond, conditional, scale, _variance_channels(denoiser, x))
+
+
+@dataclasses.dataclass(frozen=True)
+class SeparateUnconditional:
+    """The unconditional prediction is another call (``denoiser.predict_unconditional``): guidance
+    that is not "the same model on other rows", such as UniDiffuser's data-free guidance."""
+
+    def prepare(self, cond: Any) -> Any:
+        return cond
+
+    def sample_cond(self, cond: Any) -> Any:
+        return cond
+
+    def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
+                 key: jax.Array, rows: Callable) -> Any:
+        timestep = jnp.broadcast_to(t, (_num_rows(x),))
+        conditional = denoiser.predict(params, x, timestep, cond)
+        uncond = denoiser.predict_unconditional(params, x, timestep, cond, key)
+        f32 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)
+        return guide(f32(uncond), f32(conditional), scale, _variance_channels(denoiser, x))
+
+
+class PostStep:
+    """What a task does after each scheduler step (frozen dataclass subclasses: hashable).
+
+    ``__call__(latents, previous, cond, scheduler, state)``: the stepped latents, the latents before
+    the step, each sample's conditioning (B rows), the scheduler and its state after the step ->
+    the latents the next step starts from.
+    """
+
+    def __call__(self, latents: Any, previous: Any, cond: Any, scheduler: Any, state: Any) -> Any:
+        raise TypeError(f"{type(self).__name__} must define __call__")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,71 +188,104 @@ class FirstRows:
     rows: int
 
 
+def _num_rows(x: Any) -> int:
+    return jax.tree_util.tree_leaves(x)[0].shape[0]
+
+
+def flat_rows(x: Any) -> jax.Array:
+    """Latents -> what the scheduler steps on: an array as it is, a pytree as its rows flattened and
+    concatenated, (B, D) (the leaves in pytree order)."""
+    if isinstance(x, jax.Array):
+        return x
+    leaves = jax.tree_util.tree_leaves(x)
+    return jnp.concatenate([a.reshape(a.shape[0], -1) for a in leaves], axis=1)
+
+
+def unflatten_rows(flat: jax.Array, like: Any) -> Any:
+    """Inverse of ``flat_rows``: (B, D) back into the pytree ``like`` (its shapes and dtypes)."""
+    if isinstance(like, jax.Array):
+        return flat
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    out, start = [], 0
+    for a in leaves:
+        size = a.size // a.shape[0]
+        out.append(flat[:, start : start + size].reshape(a.shape).astype(a.dtype))
+        start += size
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _scheduler_output(denoiser: Denoiser, scheduler: Any, out: Any, x: Any) -> Any:
+    """The guided output as the scheduler takes it: the learned variance kept only where it reads it."""
+    if not denoiser.learned_variance() or denoiser.keeps_variance(scheduler):
+        return out
+    return out[..., : x.shape[-1]]
+
+
 @functools.partial(
     jax.jit,
-    static_argnames=("denoiser", "scheduler", "do_cfg", "eta", "show_progress", "callback", "callback_steps",
-                     "batch_sharding"),
+    static_argnames=("denoiser", "scheduler", "guidance", "post_step", "eta", "show_progress", "callback",
+                     "callback_steps", "batch_sharding"),
 )
 def denoise(
     denoiser: Denoiser,
     scheduler: Any,
     params: Any,
-    latents: jax.Array,
+    latents: Any,
     state: Any,
     cond: Any,
     guidance_scale: jax.Array,
     key: jax.Array,
+    steps: jax.Array,
     *,
-    do_cfg: bool,
-    eta: float | None,
-    show_progress: bool,
-    callback: FirstRows | None,
-    callback_steps: int,
-    steps: jax.Array | None = None,
+    guidance: Any = NoGuidance(),
+    post_step: PostStep | None = None,
+    eta: float | None = None,
+    show_progress: bool = False,
+    callback: FirstRows | None = None,
+    callback_steps: int = 1,
     batch_sharding: NamedSharding | None = None,
-) -> jax.Array:
-    """The sampling loop: initial latents (B, h, w, C) -> denoised latents (B, h, w, C).
+) -> Any:
+    """The sampling loop: initial latents (B rows: an array or a pytree) -> denoised latents, same structure.
 
-    ``cond``: pytree of arrays with B rows, or 2B with guidance ([uncond; cond]). The loop starts
-    at the state's ``step_index`` (traced: 0, or later to begin mid-schedule, as img2img does).
-    ``steps``: how many steps to run, traced (``warmup`` compiles the very program a call runs,
-    with 0); None runs the rest of the schedule. ``batch_sharding``: the rows' ``NamedSharding``.
-    The ``callback`` sees the loop's count (0, 1, ...), as diffusers' enumerate over its timesteps.
+    ``cond``: a pytree of arrays with the rows ``guidance`` expects (B, or 2B as [uncond; cond] for
+    ``ClassifierFreeGuidance``). The loop starts at the state's ``step_index`` (traced: 0, or later
+    to begin mid-schedule, as img2img does) and runs ``steps`` steps (traced: ``warmup`` compiles
+    the very program a call runs, with 0). ``eta``: passed to schedulers whose ``step`` takes it.
+    ``batch_sharding``: the rows' ``NamedSharding``. ``callback(i, t, latents)`` sees the loop's
+    count (0, 1, ...), as diffusers' enumerate over its timesteps, every ``callback_steps`` steps.
+    Step ``i``'s key is ``fold_in(key, i)``.
     """
     start = state.step_index
-    num_steps = state.timesteps.shape[0] - start if steps is None else steps
-    latent_channels = latents.shape[-1]
     step_kwargs = {} if eta is None else {"eta": eta}
     rows = lambda x: sharding.constrain(x, batch_sharding)
-    cond = jax.tree_util.tree_map(lambda x: rows(_cfg_pairs(x) if do_cfg else x), cond)
-    # each sample's own conditioning for post_step (its conditional row; unused ones are compiled away)
-    sample_cond = jax.tree_util.tree_map(lambda x: rows(x[1::2]), cond) if do_cfg else cond
+    on_rows = lambda tree: jax.tree_util.tree_map(rows, tree)
+    cond = on_rows(guidance.prepare(cond))
+    sample_cond = on_rows(guidance.sample_cond(cond))  # unused ones are compiled away
 
     def body(j, carry):
-        latents, state = carry
+        x, state = carry
         i = start + j
         t = state.timesteps[i]
-        model_input = rows(jnp.repeat(latents, 2, axis=0)) if do_cfg else latents
-        model_input = scheduler.scale_model_input(state, model_input, t)
-        timestep = jnp.broadcast_to(t, (model_input.shape[0],))
-        output = denoiser.predict(params, model_input, timestep, cond).astype(jnp.float32)
-        if do_cfg:
-            pairs = output.reshape((-1, 2) + output.shape[1:])
-            output = denoiser.guide(pairs[:, 0], pairs[:, 1], guidance_scale)
-        output = denoiser.scheduler_input(output, latent_channels, scheduler)
-        previous = latents
-        latents, state = scheduler.step(state, output, t, latents, jax.random.fold_in(key, i), **step_kwargs)
-        latents = rows(denoiser.post_step(latents, previous, sample_cond))
+        step_key = jax.random.fold_in(key, i)
+        model_input = jax.tree_util.tree_map(lambda a: scheduler.scale_model_input(state, a, t), x)
+        out = guidance(denoiser, params, model_input, t, cond, guidance_scale, step_key, rows)
+        out = _scheduler_output(denoiser, scheduler, jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out), x)
+        new, state = scheduler.step(state, flat_rows(out), t, flat_rows(x), step_key, **step_kwargs)
+        new = unflatten_rows(new, x)
+        if post_step is not None:
+            new = post_step(new, x, sample_cond, scheduler, state)
+        new = on_rows(new)
         if show_progress:
             progress.tick(j)
         if callback is not None:
-            seen = latents[: callback.rows]
+            seen = jax.tree_util.tree_map(lambda a: a[: callback.rows], new)
             if batch_sharding is not None:  # gathered on every device: the host callback reads one
-                seen = sharding.constrain(seen, NamedSharding(batch_sharding.mesh, PartitionSpec()))
+                replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+                seen = jax.tree_util.tree_map(lambda a: sharding.constrain(a, replicated), seen)
             jax.lax.cond(j % callback_steps == 0, lambda: jax.debug.callback(callback.fn, j, t, seen), lambda: None)
-        return latents, state
+        return new, state
 
-    latents, _ = jax.lax.fori_loop(0, num_steps, body, (rows(latents), state))
+    latents, _ = jax.lax.fori_loop(0, steps, body, (on_rows(latents), state))
     return latents
 
 
@@ -149,47 +294,21 @@ def accepts(fn: Callable, name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
-def guidance_rows(pipe: Any, positive: Any, negative: Any, rows: int, dtype: Any = None) -> jax.Array:
-    """Conditioning rows for ``denoise``: each half padded to ``rows``, [negative; positive] when
-    ``negative`` is given (guidance on), split over ``pipe.mesh``'s data axis."""
-    host = lambda x: sharding.pad_rows(sharding.gather_rows(x) if isinstance(x, jax.Array) else np.asarray(x), rows)
-    out = host(positive) if negative is None else np.concatenate([host(negative), host(positive)])
-    if dtype is not None:
-        out = out.astype(np.dtype(dtype))
-    return pipe._shard_rows(out, out.shape[0])
+_COMPILE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("jaxgen_compile_only", default=False)
 
 
-def run_denoise(
-    pipe: Any,
-    denoiser: Denoiser,
-    params: Any,
-    latents: jax.Array,
-    state: Any,
-    cond: Any,
-    guidance_scale: float,
-    key: jax.Array,
-    *,
-    eta: float = 0.0,
-    callback: Callable | None = None,
-    callback_steps: int = 1,
-    rows: int,
-    compile_only: bool = False,
-) -> jax.Array:
-    """Run ``denoise`` for a pipeline: its mesh, its progress bar, its scheduler; ``rows`` unpadded rows.
+@contextlib.contextmanager
+def compile_only() -> Iterator[None]:
+    """Within this block (this thread and context only), pipelines run their sampling loops with zero
+    steps: every program a call runs is compiled (and the loop's is the very one a real call reuses:
+    its step count is traced), nothing is sampled. ``warmup`` is a pipeline call inside this block."""
+    token = _COMPILE_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _COMPILE_ONLY.reset(token)
 
-    Must be called inside ``pipe._mesh_context()``. ``compile_only`` runs zero steps (warmup).
-    The loop runs from the state's ``step_index`` to the end of its timesteps.
-    """
-    num_steps = int(state.timesteps.shape[0]) - int(state.step_index)
-    show_progress = not pipe._progress_bar_config.get("disable", False)
-    run = functools.partial(
-        denoise, denoiser, pipe.scheduler, params, latents, state, cond, jnp.float32(guidance_scale), key,
-        do_cfg=guidance_scale > 1.0, eta=float(eta) if accepts(pipe.scheduler.step, "eta") else None,
-        show_progress=show_progress, callback=None if callback is None else FirstRows(callback, rows),
-        callback_steps=callback_steps, steps=jnp.int32(0 if compile_only else num_steps),
-        batch_sharding=sharding.batch_sharding(pipe.mesh),
-    )
-    if show_progress and not compile_only:
-        with progress.active(pipe._progress(num_steps)):
-            return jax.block_until_ready(run())
-    return run()
+
+def is_compile_only() -> bool:
+    """Whether the caller runs inside ``compile_only()``."""
+    return _COMPILE_ONLY.get()

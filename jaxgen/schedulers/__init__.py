@@ -13,29 +13,28 @@ A scheduler is an immutable, hashable object (config + pure methods); its state 
 
     x, state = jax.lax.fori_loop(0, state.num_inference_steps, body, (latents, state))
 
-`SCHEDULERS` maps diffusers class names (model_index.json's) to classes.
+`SCHEDULERS` maps diffusers class names (model_index.json's) to classes; the names come from
+``jaxgen.registry``.
 """
 
+from typing import Any
+
+from jaxgen import registry
+
 from .base import BaseScheduler, FrozenConfig, SchedulerState
-from .ddim import DDIMScheduler, DDIMSchedulerState
-from .ddpm import DDPMScheduler, DDPMSchedulerState
-from .dpmsolver_multistep import DPMSolverMultistepScheduler, DPMSolverMultistepSchedulerState
 
 SCHEDULERS: dict[str, type[BaseScheduler]] = {
-    "DDPMScheduler": DDPMScheduler,
-    "DDIMScheduler": DDIMScheduler,
-    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    name: registry.load(module, name) for name, module in registry.SCHEDULERS.items()
 }
 
-__all__ = [
-    "SCHEDULERS",
-    "BaseScheduler",
-    "DDIMScheduler",
-    "DDIMSchedulerState",
-    "DDPMScheduler",
-    "DDPMSchedulerState",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverMultistepSchedulerState",
-    "FrozenConfig",
-    "SchedulerState",
-]
+__all__ = ["SCHEDULERS", "BaseScheduler", "FrozenConfig", "SchedulerState",
+           *sorted(SCHEDULERS), *sorted(f"{name}State" for name in SCHEDULERS)]
+
+
+def __getattr__(name: str) -> Any:
+    """``jaxgen.schedulers.<Name>`` and its state class ``<Name>State``."""
+    if name in SCHEDULERS:
+        return SCHEDULERS[name]
+    if name.endswith("State") and name[: -len("State")] in SCHEDULERS:
+        return registry.load(registry.SCHEDULERS[name[: -len("State")]], name)
+    raise AttributeError(f"module 'jaxgen.schedulers' has no attribute {name!r}")

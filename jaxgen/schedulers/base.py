@@ -1,4 +1,5 @@
-"""What every scheduler shares: config handling, beta schedules, the state base, add_noise.
+"""What every scheduler shares: config handling, beta schedules, the state base, add_noise,
+and the conversion of a model output (epsilon, x_0 or v) into the predicted x_0 and epsilon.
 
 A scheduler is an immutable, hashable object (its config plus host-side numpy tables) with pure
 methods; its mutable part is a state pytree threaded through `jax.lax.fori_loop` by the caller.
@@ -20,11 +21,15 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
+    "PREDICTION_TYPES",
     "BaseScheduler",
     "FrozenConfig",
     "SchedulerState",
     "betas_for_alpha_bar",
     "make_betas",
+    "noise_from_original_sample",
+    "predicted_noise",
+    "predicted_original_sample",
     "register_config",
     "rescale_zero_terminal_snr",
     "threshold_sample",
@@ -33,6 +38,8 @@ __all__ = [
 _S = TypeVar("_S", bound="BaseScheduler")
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What a model may predict: the noise, the clean sample x_0, or the velocity v (Salimans & Ho 2022)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,6 +221,69 @@ def make_betas(config: Mapping[str, Any], schedules: Sequence[str], class_name: 
 
 
 # ----------------------------------------------------------------------------------------------
+# Prediction types: model output -> x_0 and epsilon
+#
+# All in terms of the forward process x_t = alpha_t x_0 + sigma_t eps. For DDPM/DDIM (variance
+# preserving) alpha_t = sqrt(alphas_cumprod[t]) and sigma_t = sqrt(1 - alphas_cumprod[t]); the
+# caller computes them and passes them in. The expressions keep the operation order the schedulers
+# always used, so their float32 results are unchanged bit for bit (DDIMScheduler.step also keeps
+# its sqrt ops unshared, since XLA's rewrite of y / sqrt(a) depends on that).
+
+
+def _unknown_prediction_type(prediction_type: str) -> ValueError:
+    return ValueError(f"`prediction_type` must be one of {list(PREDICTION_TYPES)}, got {prediction_type!r}")
+
+
+def noise_from_original_sample(
+    original_sample: jax.Array, sample: jax.Array, alpha_t: jax.Array, sigma_t: jax.Array
+) -> jax.Array:
+    """The noise eps = (x_t - alpha_t x_0) / sigma_t that takes x_0 to x_t (Ho et al. 2020, eq. (4) solved for eps).
+
+    original_sample (x_0), sample (x_t): (B, ...); alpha_t, sigma_t: scalars or broadcastable to them.
+    Used to turn a thresholded or clipped x_0 back into a consistent epsilon.
+    """
+    return (sample - alpha_t * original_sample) / sigma_t
+
+
+def predicted_original_sample(
+    prediction_type: str, model_output: jax.Array, sample: jax.Array, alpha_t: jax.Array, sigma_t: jax.Array
+) -> jax.Array:
+    """The predicted x_0 (B, ...) from a model output (B, ...) at x_t = sample (B, ...).
+
+    Ho et al. 2020, eq. (15) (epsilon); Salimans & Ho 2022, sec. 4 (v).
+    epsilon: x_0 = (x_t - sigma_t eps) / alpha_t; sample: x_0 = model_output;
+    v_prediction: x_0 = alpha_t x_t - sigma_t v, as v = alpha_t eps - sigma_t x_0 and alpha_t^2 + sigma_t^2 = 1.
+    alpha_t, sigma_t: scalars or broadcastable to the sample. Raises ValueError for other prediction types.
+    """
+    if prediction_type == "epsilon":
+        return (sample - sigma_t * model_output) / alpha_t
+    if prediction_type == "sample":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_t * sample - sigma_t * model_output
+    raise _unknown_prediction_type(prediction_type)
+
+
+def predicted_noise(
+    prediction_type: str, model_output: jax.Array, sample: jax.Array, alpha_t: jax.Array, sigma_t: jax.Array
+) -> jax.Array:
+    """The predicted eps (B, ...) from a model output (B, ...) at x_t = sample (B, ...).
+
+    Ho et al. 2020, eq. (4) solved for eps (sample); Salimans & Ho 2022, sec. 4 (v).
+    epsilon: eps = model_output; sample: eps = (x_t - alpha_t x_0) / sigma_t;
+    v_prediction: eps = alpha_t v + sigma_t x_t, as v = alpha_t eps - sigma_t x_0 and alpha_t^2 + sigma_t^2 = 1.
+    alpha_t, sigma_t: scalars or broadcastable to the sample. Raises ValueError for other prediction types.
+    """
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "sample":
+        return noise_from_original_sample(model_output, sample, alpha_t, sigma_t)
+    if prediction_type == "v_prediction":
+        return alpha_t * model_output + sigma_t * sample
+    raise _unknown_prediction_type(prediction_type)
+
+
+# ----------------------------------------------------------------------------------------------
 # Shared pieces of the step
 
 
@@ -339,7 +409,7 @@ class BaseScheduler:
         return int(num_inference_steps)
 
     def _check_common_config(self) -> None:
-        if self.config["prediction_type"] not in ("epsilon", "sample", "v_prediction"):
+        if self.config["prediction_type"] not in PREDICTION_TYPES:
             raise ValueError(
                 f"prediction_type given as {self.config['prediction_type']} must be one of `epsilon`, `sample`, or"
                 f" `v_prediction` for the {type(self).__name__}."

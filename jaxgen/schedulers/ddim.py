@@ -16,6 +16,9 @@ from .base import (
     cumprod_f32,
     draw_noise,
     make_betas,
+    noise_from_original_sample,
+    predicted_noise,
+    predicted_original_sample,
     register_config,
     threshold_sample,
 )
@@ -129,16 +132,15 @@ class DDIMScheduler(BaseScheduler):
         alpha_prod_prev = jnp.where(prev_t >= 0, ac[jnp.maximum(prev_t, 0)], state.final_alpha_cumprod)
         beta_prod_t = 1.0 - alpha_prod_t
 
-        # predicted x_0 and epsilon ("predicted x_0" of eq. (12))
-        if cfg["prediction_type"] == "epsilon":
-            x0 = (x_t - jnp.sqrt(beta_prod_t) * out) / jnp.sqrt(alpha_prod_t)
-            eps = out
-        elif cfg["prediction_type"] == "sample":
-            x0 = out
-            eps = (x_t - jnp.sqrt(alpha_prod_t) * x0) / jnp.sqrt(beta_prod_t)
-        else:  # v_prediction (Salimans & Ho 2022)
-            x0 = jnp.sqrt(alpha_prod_t) * x_t - jnp.sqrt(beta_prod_t) * out
-            eps = jnp.sqrt(alpha_prod_t) * out + jnp.sqrt(beta_prod_t) * x_t
+        # predicted x_0 ("predicted x_0" of eq. (12)) and epsilon, with x_t = alpha_t x_0 + sigma_t eps.
+        # Each conversion gets sqrt ops of its own, not shared ones: XLA rewrites y / sqrt(a) into
+        # y * rsqrt(a) (different last bits) only where that sqrt has no other user, and sharing would
+        # change which divisions it rewrites, hence the results.
+        def alpha_sigma() -> tuple[jax.Array, jax.Array]:
+            return jnp.sqrt(alpha_prod_t), jnp.sqrt(beta_prod_t)
+
+        x0 = predicted_original_sample(cfg["prediction_type"], out, x_t, *alpha_sigma())
+        eps = predicted_noise(cfg["prediction_type"], out, x_t, *alpha_sigma())
         if cfg["thresholding"]:
             x0 = threshold_sample(x0, cfg["dynamic_thresholding_ratio"], cfg["sample_max_value"])
         elif cfg["clip_sample"]:
@@ -148,7 +150,7 @@ class DDIMScheduler(BaseScheduler):
         variance = (1.0 - alpha_prod_prev) / beta_prod_t * (1.0 - alpha_prod_t / alpha_prod_prev)
         std = eta * jnp.sqrt(variance)
         if use_clipped_model_output:  # epsilon consistent with the clipped x_0
-            eps = (x_t - jnp.sqrt(alpha_prod_t) * x0) / jnp.sqrt(beta_prod_t)
+            eps = noise_from_original_sample(x0, x_t, *alpha_sigma())
 
         # x_{t-1} = sqrt(a_prev) x_0 + sqrt(1 - a_prev - sigma_t^2) eps + sigma_t z, eq. (12)
         direction = jnp.sqrt(1.0 - alpha_prod_prev - std**2) * eps

@@ -16,6 +16,7 @@ from .base import (
     cumprod_f32,
     draw_noise,
     make_betas,
+    predicted_original_sample,
     register_config,
     threshold_sample,
 )
@@ -168,13 +169,9 @@ class DDPMScheduler(BaseScheduler):
         current_alpha = alpha_prod_t / alpha_prod_prev
         current_beta = 1.0 - current_alpha
 
-        # predicted x_0, Ho et al. 2020 eq. (15)
-        if cfg["prediction_type"] == "epsilon":
-            x0 = (x_t - jnp.sqrt(beta_prod_t) * out) / jnp.sqrt(alpha_prod_t)
-        elif cfg["prediction_type"] == "sample":
-            x0 = out
-        else:  # v_prediction (Salimans & Ho 2022)
-            x0 = jnp.sqrt(alpha_prod_t) * x_t - jnp.sqrt(beta_prod_t) * out
+        # predicted x_0, eq. (15), with x_t = alpha_t x_0 + sigma_t eps
+        alpha_t, sigma_t = jnp.sqrt(alpha_prod_t), jnp.sqrt(beta_prod_t)
+        x0 = predicted_original_sample(cfg["prediction_type"], out, x_t, alpha_t, sigma_t)
         if cfg["thresholding"]:
             x0 = threshold_sample(x0, cfg["dynamic_thresholding_ratio"], cfg["sample_max_value"])
         elif cfg["clip_sample"]:

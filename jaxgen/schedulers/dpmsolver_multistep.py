@@ -24,6 +24,9 @@ from .base import (
     draw_noise,
     expand_to,
     make_betas,
+    noise_from_original_sample,
+    predicted_noise,
+    predicted_original_sample,
     register_config,
     threshold_sample,
 )
@@ -98,18 +101,39 @@ class DPMSolverMultistepScheduler(BaseScheduler):
         use_dynamic_shifting: bool = False,
         time_shift_type: Literal["exponential"] = "exponential",
     ):
-        if use_beta_sigmas + use_exponential_sigmas + use_karras_sigmas > 1:
+        self._check_config()
+        betas = make_betas(self._config_dict, ("linear", "scaled_linear", "squaredcos_cap_v2"), type(self).__name__)
+        alphas_cumprod = cumprod_f32(np.float32(1.0) - betas)
+        if rescale_betas_zero_snr:
+            # close to 0 without being 0, so the first sigma is finite (fp16's smallest subnormal)
+            alphas_cumprod[-1] = 2.0**-24
+        self.betas = betas
+        self.alphas_cumprod = alphas_cumprod
+        # VP schedule: alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t)
+        alpha_t = np.sqrt(alphas_cumprod)
+        sigma_t = np.sqrt(np.float32(1.0) - alphas_cumprod)
+        self.lambda_t = (np.log(alpha_t) - np.log(sigma_t)).astype(np.float32)
+        self.train_sigmas = np.sqrt((np.float32(1.0) - alphas_cumprod) / alphas_cumprod).astype(np.float32)
+        for table in (self.betas, self.alphas_cumprod, self.lambda_t, self.train_sigmas):
+            table.setflags(write=False)
+
+    def _check_config(self) -> None:
+        """diffusers' checks of the constructor's arguments (and its renames of legacy DEIS / UniPC values)."""
+        cfg = self.config
+        if cfg["use_beta_sigmas"] + cfg["use_exponential_sigmas"] + cfg["use_karras_sigmas"] > 1:
             raise ValueError(
                 "Only one of `config.use_beta_sigmas`, `config.use_exponential_sigmas`, `config.use_karras_sigmas`"
                 " can be used."
             )
         # legacy names that diffusers maps onto this scheduler (DEIS / UniPC configs)
-        if algorithm_type == "deis":
-            algorithm_type = "dpmsolver++"
-            self._register(algorithm_type=algorithm_type)
-        if solver_type in ("logrho", "bh1", "bh2"):
-            solver_type = "midpoint"
-            self._register(solver_type=solver_type)
+        if cfg["algorithm_type"] == "deis":
+            self._register(algorithm_type="dpmsolver++")
+        if cfg["solver_type"] in ("logrho", "bh1", "bh2"):
+            self._register(solver_type="midpoint")
+        cfg = self.config
+        algorithm_type, solver_type, solver_order = cfg["algorithm_type"], cfg["solver_type"], cfg["solver_order"]
+        final_sigmas_type, prediction_type = cfg["final_sigmas_type"], cfg["prediction_type"]
+        timestep_spacing, time_shift_type = cfg["timestep_spacing"], cfg["time_shift_type"]
         name = type(self).__name__
         if algorithm_type not in ALGORITHM_TYPES:
             raise ValueError(
@@ -153,23 +177,9 @@ class DPMSolverMultistepScheduler(BaseScheduler):
             )
         if time_shift_type != "exponential":
             raise ValueError(f"time_shift_type must be 'exponential', got {time_shift_type!r}")
-        if use_beta_sigmas:
+        if cfg["use_beta_sigmas"]:
             import scipy.stats  # noqa: F401  (a dependency of jax; fail early if missing)
 
-        betas = make_betas(self._config_dict, ("linear", "scaled_linear", "squaredcos_cap_v2"), type(self).__name__)
-        alphas_cumprod = cumprod_f32(np.float32(1.0) - betas)
-        if rescale_betas_zero_snr:
-            # close to 0 without being 0, so the first sigma is finite (fp16's smallest subnormal)
-            alphas_cumprod[-1] = 2.0**-24
-        self.betas = betas
-        self.alphas_cumprod = alphas_cumprod
-        # VP schedule: alpha_t = sqrt(a_t), sigma_t = sqrt(1 - a_t), lambda_t = log(alpha_t / sigma_t)
-        alpha_t = np.sqrt(alphas_cumprod)
-        sigma_t = np.sqrt(np.float32(1.0) - alphas_cumprod)
-        self.lambda_t = (np.log(alpha_t) - np.log(sigma_t)).astype(np.float32)
-        self.train_sigmas = np.sqrt((np.float32(1.0) - alphas_cumprod) / alphas_cumprod).astype(np.float32)
-        for table in (self.betas, self.alphas_cumprod, self.lambda_t, self.train_sigmas):
-            table.setflags(write=False)
 
     # -- host side ---------------------------------------------------------------------------
 
@@ -188,6 +198,46 @@ class DPMSolverMultistepScheduler(BaseScheduler):
             return table + cfg["steps_offset"]
         ratio = n_train / n  # trailing
         return np.arange(last, 0, -ratio).round().copy().astype(np.int64) - 1
+
+    def _schedule(self, table: np.ndarray, n: int, flow_shift: float) -> tuple[np.ndarray, np.ndarray]:
+        """(sigmas (n,), timesteps (n,)) for the configured sigma schedule, from the spaced timestep ``table``."""
+        cfg = self.config
+        n_train = cfg["num_train_timesteps"]
+        sigmas = self.train_sigmas  # (T,) float32
+        log_sigmas = np.log(sigmas)
+        round_t = cfg["beta_schedule"] != "squaredcos_cap_v2"
+        if cfg["use_karras_sigmas"]:
+            # Karras et al. 2022, eq. (5), rho = 7
+            lo, hi, rho = float(sigmas[0]), float(sigmas[-1]), 7.0
+            ramp = np.linspace(0, 1, n)
+            sigmas = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+            table = _sigma_to_t(sigmas, log_sigmas)
+            table = table.round() if round_t else table
+        elif cfg["use_lu_lambdas"]:
+            # uniform in log sigma (= -lambda), Lu et al. 2022a
+            lo, hi = float(log_sigmas[0]), float(log_sigmas[-1])
+            sigmas = np.exp(hi + np.linspace(0, 1, n) * (lo - hi))
+            table = _sigma_to_t(sigmas, log_sigmas)
+            table = table.round() if round_t else table
+        elif cfg["use_exponential_sigmas"]:
+            sigmas = np.exp(np.linspace(math.log(float(sigmas[-1])), math.log(float(sigmas[0])), n))
+            table = _sigma_to_t(sigmas, log_sigmas)
+        elif cfg["use_beta_sigmas"]:
+            # Lee et al. 2024, "Beta sampling is all you need", alpha = beta = 0.6
+            import scipy.stats
+
+            lo, hi = float(sigmas[0]), float(sigmas[-1])
+            ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
+            sigmas = np.array([lo + p * (hi - lo) for p in ppf])
+            table = _sigma_to_t(sigmas, log_sigmas)
+        elif cfg["use_flow_sigmas"]:
+            s = 1.0 - np.linspace(1, 1 / n_train, n + 1)
+            sigmas = np.flip(flow_shift * s / (1 + (flow_shift - 1) * s))[:-1].copy()
+            table = sigmas * n_train
+        else:
+            sigmas = np.interp(table, np.arange(0, len(sigmas)), sigmas)
+
+        return sigmas, table
 
     def set_timesteps(
         self,
@@ -241,40 +291,7 @@ class DPMSolverMultistepScheduler(BaseScheduler):
             n = self._check_num_inference_steps(num_inference_steps)
             table = self._spaced_timesteps(n)
 
-        sigmas = self.train_sigmas  # (T,) float32
-        log_sigmas = np.log(sigmas)
-        round_t = cfg["beta_schedule"] != "squaredcos_cap_v2"
-        if cfg["use_karras_sigmas"]:
-            # Karras et al. 2022, eq. (5), rho = 7
-            lo, hi, rho = float(sigmas[0]), float(sigmas[-1]), 7.0
-            ramp = np.linspace(0, 1, n)
-            sigmas = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
-            table = _sigma_to_t(sigmas, log_sigmas)
-            table = table.round() if round_t else table
-        elif cfg["use_lu_lambdas"]:
-            # uniform in log sigma (= -lambda), Lu et al. 2022a
-            lo, hi = float(log_sigmas[0]), float(log_sigmas[-1])
-            sigmas = np.exp(hi + np.linspace(0, 1, n) * (lo - hi))
-            table = _sigma_to_t(sigmas, log_sigmas)
-            table = table.round() if round_t else table
-        elif cfg["use_exponential_sigmas"]:
-            sigmas = np.exp(np.linspace(math.log(float(sigmas[-1])), math.log(float(sigmas[0])), n))
-            table = _sigma_to_t(sigmas, log_sigmas)
-        elif cfg["use_beta_sigmas"]:
-            # Lee et al. 2024, "Beta sampling is all you need", alpha = beta = 0.6
-            import scipy.stats
-
-            lo, hi = float(sigmas[0]), float(sigmas[-1])
-            ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
-            sigmas = np.array([lo + p * (hi - lo) for p in ppf])
-            table = _sigma_to_t(sigmas, log_sigmas)
-        elif cfg["use_flow_sigmas"]:
-            s = 1.0 - np.linspace(1, 1 / n_train, n + 1)
-            sigmas = np.flip(flow_shift * s / (1 + (flow_shift - 1) * s))[:-1].copy()
-            table = sigmas * n_train
-        else:
-            sigmas = np.interp(table, np.arange(0, len(sigmas)), sigmas)
-
+        sigmas, table = self._schedule(table, n, flow_shift)
         if cfg["final_sigmas_type"] == "sigma_min":
             a0 = self.alphas_cumprod[0]
             sigma_last = np.sqrt((np.float32(1.0) - a0) / a0)
@@ -311,28 +328,21 @@ class DPMSolverMultistepScheduler(BaseScheduler):
         alpha_s, sigma_s = self._alpha_sigma(sigma)
         kind = cfg["prediction_type"]
         if cfg["algorithm_type"].endswith("++"):  # data prediction (Lu et al. 2022b)
-            if kind == "epsilon":
-                x0 = (x - sigma_s * out) / alpha_s
-            elif kind == "sample":
-                x0 = out
-            elif kind == "v_prediction":
-                x0 = alpha_s * x - sigma_s * out
-            else:  # flow_prediction: x_t = (1 - s) x_0 + s eps, out = eps - x_0
+            if kind == "flow_prediction":
+                # x_t = (1 - s) x_0 + s eps, out = eps - x_0. The raw sigma, not sigma_s: they agree only
+                # with use_flow_sigmas, and diffusers uses the raw one whatever the sigmas
                 x0 = x - sigma * out
+            else:
+                x0 = predicted_original_sample(kind, out, x, alpha_s, sigma_s)
             if cfg["thresholding"]:
                 x0 = threshold_sample(x0, cfg["dynamic_thresholding_ratio"], cfg["sample_max_value"])
             return x0
         # noise prediction (Lu et al. 2022a)
-        if kind == "epsilon":
-            eps = out
-        elif kind == "sample":
-            eps = (x - alpha_s * out) / sigma_s
-        else:  # v_prediction
-            eps = alpha_s * out + sigma_s * x
-        if cfg["thresholding"]:
-            x0 = (x - sigma_s * eps) / alpha_s
+        eps = predicted_noise(kind, out, x, alpha_s, sigma_s)
+        if cfg["thresholding"]:  # thresholding acts on x_0: go there and back
+            x0 = predicted_original_sample("epsilon", eps, x, alpha_s, sigma_s)
             x0 = threshold_sample(x0, cfg["dynamic_thresholding_ratio"], cfg["sample_max_value"])
-            eps = (x - alpha_s * x0) / sigma_s
+            eps = noise_from_original_sample(x0, x, alpha_s, sigma_s)
         return eps
 
     def _first_order(self, sigmas, i, buf, x, z):

@@ -164,9 +164,10 @@ class _IndexableOutput:
 
 @struct.dataclass
 class BaseModelOutputWithPooling(_IndexableOutput):
-    """``CLIPTextModel``'s output: ``last_hidden_state`` (B, L, D) after the final norm, ``pooler_output``
-    (B, D) at the EOS token, and ``hidden_states`` (embeddings then every layer's output, the last one
-    before the final norm) when asked for."""
+    """``CLIPTextModel``'s output: ``last_hidden_state`` (B, L, D) after the final norm (with ``clip_skip``
+    = k, layer -(k + 1)'s output through it), ``pooler_output`` (B, D) at the EOS token of the last layer,
+    and ``hidden_states`` (embeddings then every layer's output, the last one before the final norm)
+    when asked for."""
 
     last_hidden_state: jax.Array
     pooler_output: jax.Array
@@ -286,6 +287,20 @@ class CLIPTextEmbeddings(nn.Module):
             cfg.max_position_embeddings, "position_embedding")(position_ids)
 
 
+def check_clip_skip(clip_skip: int | None, num_hidden_layers: int) -> None:
+    """``clip_skip`` = k picks ``hidden_states[-(k + 1)]``, one of the num_hidden_layers + 1 states: 0 <= k <= layers.
+
+    diffusers does not check it; a negative k would silently pick a state from the wrong end.
+    """
+    if clip_skip is None:
+        return
+    if not isinstance(clip_skip, (int, np.integer)) or isinstance(clip_skip, bool) or not 0 <= clip_skip <= num_hidden_layers:
+        raise ValueError(
+            f"clip_skip={clip_skip!r}: expected an int from 0 to num_hidden_layers={num_hidden_layers} (the number of"
+            " layers to skip from the end) or None"
+        )
+
+
 def causal_padding_mask(attention_mask: jax.Array | None, length: int) -> jax.Array:
     """Query i sees keys j <= i that are not padding: (B, L) 0/1 mask or None -> bool (B or 1, 1, L, L)."""
     causal = jnp.asarray(np.tril(np.ones((length, length), bool)))[None, None]
@@ -295,25 +310,39 @@ def causal_padding_mask(attention_mask: jax.Array | None, length: int) -> jax.Ar
 
 
 class CLIPTextTransformer(nn.Module):
-    """The text tower (``text_model``): embeddings, causal encoder, ``final_layer_norm``, EOS pooling."""
+    """The text tower (``text_model``): embeddings, causal encoder, ``final_layer_norm``, EOS pooling.
+
+    ``clip_skip`` = k (diffusers' ``encode_prompt``) makes ``last_hidden_state`` the output of the layer
+    k before the last, put through this tower's own ``final_layer_norm``; the pooled output stays the
+    last layer's, since diffusers' clip skip replaces only the sequence embeddings (SDXL still pools
+    from the full forward pass).
+    """
 
     config: CLIPTextConfig
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, output_hidden_states: bool = False):
+                 position_ids: jax.Array | None = None, output_hidden_states: bool = False,
+                 clip_skip: int | None = None):
         cfg = self.config
+        check_clip_skip(clip_skip, cfg.num_hidden_layers)
         hidden = CLIPTextEmbeddings(cfg, dtype=self.dtype, name="embeddings")(input_ids, position_ids)
         mask = causal_padding_mask(attention_mask, input_ids.shape[-1])
         hidden, states = CLIPEncoder(cfg, dtype=self.dtype, name="encoder")(hidden, mask)
-        last = layer_norm(cfg.layer_norm_eps, True, self.dtype, "final_layer_norm")(hidden)
+        # one module, so the clip-skipped states go through the same params as the last layer's
+        final_layer_norm = layer_norm(cfg.layer_norm_eps, True, self.dtype, "final_layer_norm")
+        last = final_layer_norm(hidden)
         if cfg.eos_token_id == 2:
             # configs written before transformers 4.31 carry a wrong eos id: pool at the largest id (EOT)
             eos_index = jnp.argmax(input_ids, axis=-1)
         else:
             eos_index = jnp.argmax((input_ids == cfg.eos_token_id).astype(jnp.int32), axis=-1)
         pooled = jnp.take_along_axis(last, eos_index[:, None, None], axis=1)[:, 0]
+        if clip_skip is not None:
+            # after pooling: only the sequence output is clip-skipped (under jit, the skipped layers are
+            # dropped from the graph when nothing uses the pooled output)
+            last = final_layer_norm(states[-(clip_skip + 1)])
         return BaseModelOutputWithPooling(
             last_hidden_state=last, pooler_output=pooled, hidden_states=states if output_hidden_states else None
         )
@@ -368,9 +397,12 @@ class CLIPTextModel(nn.Module, PretrainedModel):
     """transformers' ``CLIPTextModel``.
 
     ``__call__(input_ids (B, L) int, attention_mask (B, L) 0/1 or None, position_ids (B, L) or None,
-    output_hidden_states=False)`` returns ``BaseModelOutputWithPooling``: ``last_hidden_state``
+    output_hidden_states=False, clip_skip=None)`` returns ``BaseModelOutputWithPooling``: ``last_hidden_state``
     (B, L, hidden_size), ``pooler_output`` (B, hidden_size) at the EOS token, ``hidden_states``
     (num_hidden_layers + 1 arrays) when asked for. Attention is causal; the mask also hides padded keys.
+    ``clip_skip`` = k (0 <= k <= num_hidden_layers; not a transformers argument) makes ``last_hidden_state``
+    ``text_model.final_layer_norm(hidden_states[-(k + 1)])``, diffusers' clip skip; the pooled output is
+    unchanged.
     """
 
     config: CLIPTextConfig
@@ -383,17 +415,18 @@ class CLIPTextModel(nn.Module, PretrainedModel):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, output_hidden_states: bool = False
-                 ) -> BaseModelOutputWithPooling:
+                 position_ids: jax.Array | None = None, output_hidden_states: bool = False,
+                 clip_skip: int | None = None) -> BaseModelOutputWithPooling:
         return CLIPTextTransformer(self.config, dtype=self.dtype, name="text_model")(
-            input_ids, attention_mask, position_ids, output_hidden_states)
+            input_ids, attention_mask, position_ids, output_hidden_states, clip_skip)
 
 
 class CLIPTextModelWithProjection(nn.Module, PretrainedModel):
     """transformers' ``CLIPTextModelWithProjection``: the text tower and ``text_projection`` (no bias).
 
-    Same arguments as ``CLIPTextModel``; returns ``CLIPTextModelOutput`` with ``text_embeds``
-    (B, projection_dim), the projected pooled output, and ``last_hidden_state`` (B, L, hidden_size).
+    Same arguments as ``CLIPTextModel`` (``clip_skip`` included); returns ``CLIPTextModelOutput`` with
+    ``text_embeds`` (B, projection_dim), the projected pooled output (of the last layer, whatever
+    ``clip_skip``), and ``last_hidden_state`` (B, L, hidden_size).
     """
 
     config: CLIPTextConfig
@@ -406,10 +439,11 @@ class CLIPTextModelWithProjection(nn.Module, PretrainedModel):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 position_ids: jax.Array | None = None, output_hidden_states: bool = False) -> CLIPTextModelOutput:
+                 position_ids: jax.Array | None = None, output_hidden_states: bool = False,
+                 clip_skip: int | None = None) -> CLIPTextModelOutput:
         cfg = self.config
         out = CLIPTextTransformer(cfg, dtype=self.dtype, name="text_model")(
-            input_ids, attention_mask, position_ids, output_hidden_states)
+            input_ids, attention_mask, position_ids, output_hidden_states, clip_skip)
         text_embeds = Dense(cfg.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(out.pooler_output)
         return CLIPTextModelOutput(text_embeds=text_embeds, last_hidden_state=out.last_hidden_state,
                                    hidden_states=out.hidden_states)

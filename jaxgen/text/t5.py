@@ -315,6 +315,17 @@ class T5EncoderModel(nn.Module, PretrainedModel):
     quantized: bool = False  # int8 weight-only Dense layers (``jaxgen.quantize.quantize_t5``)
 
     config_class = T5Config
+    # logical axes of the params (jaxgen.sharding); the layer norms and the position bias replicate
+    param_axes = (
+        (r"encoder/block\.\d+/layer\.0/SelfAttention/[qkv]/kernel", ("embed", "heads")),
+        (r"encoder/block\.\d+/layer\.0/SelfAttention/o/kernel", ("heads", "embed")),
+        (r"encoder/block\.\d+/layer\.1/DenseReluDense/wi(_0|_1)?/kernel", ("embed", "mlp")),
+        (r"encoder/block\.\d+/layer\.1/DenseReluDense/wo/kernel", ("mlp", "embed")),
+        (r"shared/embedding", ("vocab", "embed")),
+        # int8 T5 (jaxgen.quantize): per-output-channel scales split with their kernel's columns
+        (r"encoder/block\.\d+/layer\.0/SelfAttention/[qkv]/scale", ("heads",)),
+        (r"encoder/block\.\d+/layer\.1/DenseReluDense/wi(_0|_1)?/scale", ("mlp",)),
+    )
 
     def init_args(self) -> tuple:
         return (jnp.zeros((1, 8), jnp.int32),)

@@ -1,0 +1,203 @@
+"""How a pipeline's components are loaded: from a diffusers folder, a Hub repo id, or a converted folder.
+
+A pipeline class declares its components (``ComponentSpec`` per name, in diffusers' order);
+``load_components`` reads model_index.json, downloads from the Hub only what it will load, and
+builds each component: flax models as ``(module, params)`` (params placed on the mesh by the
+partition rules), tokenizers and image processors with transformers, schedulers with jaxgen's
+classes. ``default_mesh`` sizes the components from their configs (nothing allocated) to pick the
+mesh; ``bind_model`` / ``place_on_mesh`` turn what a user passes into bound modules on that mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+from jax.sharding import Mesh
+
+from jaxgen import hub, sharding
+
+__all__ = [
+    "ComponentSpec", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ComponentSpec:
+    """How a pipeline loads one component: ``kind`` is "model", "tokenizer", "scheduler", "processor"
+    (a transformers image processor, e.g. ``CLIPImageProcessor``) or "object" (host-side, not a flax
+    model: ``model_class.from_pretrained(folder, ...)`` returns the component itself, e.g. ``IFWatermarker``).
+
+    For models, ``model_class`` is the jaxgen class; ``library_classes`` lists the class names that
+    model_index.json may give for it (checked, so a wrong folder fails with a clear message).
+    """
+
+    kind: str
+    model_class: Any = None
+    library_classes: tuple[str, ...] = ()
+    optional: bool = False
+
+
+def bind_model(value: Any) -> Any:
+    """A component value as passed by a user -> a bound flax module (or None).
+
+    Accepts a bound module, or the ``(module, params)`` pair that ``Model.from_pretrained`` returns.
+    """
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2:
+        module, params = value
+        variables = params if isinstance(params, Mapping) and "params" in params else {"params": params}
+        return module.bind(variables)
+    if getattr(value, "scope", None) is not None:
+        return value
+    raise TypeError(
+        f"expected a bound flax module or the (module, params) pair from from_pretrained, got {type(value).__name__}"
+    )
+
+
+def unbind(bound: Any) -> tuple[Any, Any]:
+    """Bound module -> (unbound module, params)."""
+    module, variables = bound.unbind()
+    return module, variables["params"]
+
+
+def place_on_mesh(bound: Any, mesh: Mesh) -> Any:
+    """A bound module with its params placed on ``mesh`` by the partition rules (itself when they are)."""
+    module, variables = bound.unbind()
+    params = variables["params"]
+    specs = sharding.param_shardings(module, mesh, params)
+    placed = jax.tree_util.tree_map(lambda x, s: isinstance(x, jax.Array) and x.sharding == s, params, specs)
+    if all(jax.tree_util.tree_leaves(placed)):
+        return bound
+    return module.bind({**variables, "params": sharding.place_params(params, mesh, module)})
+
+
+def _load_tokenizer(folder: Path, class_name: str):
+    import transformers
+
+    if not (class_name.endswith("Tokenizer") or class_name.endswith("TokenizerFast")):
+        raise hub.CheckpointError(f"{folder}: {class_name!r} is not a tokenizer class")
+    cls = getattr(transformers, class_name, None)
+    if cls is None:
+        cls = transformers.AutoTokenizer
+    return cls.from_pretrained(os.fspath(folder))
+
+
+def _load_image_processor(folder: Path, class_name: str):
+    """A transformers image processor (``preprocessor_config.json``): numpy/PIL preprocessing, no model."""
+    import transformers
+
+    if "ImageProcessor" not in class_name and not class_name.endswith("FeatureExtractor"):  # ...Fast, ...Pil too
+        raise hub.CheckpointError(f"{folder}: {class_name!r} is not an image processor class")
+    return transformers.AutoImageProcessor.from_pretrained(os.fspath(folder))
+
+
+def _load_scheduler(folder: Path, class_name: str | None):
+    from jaxgen.schedulers import SCHEDULERS
+
+    config = hub.load_config(folder, "scheduler_config.json")
+    name = config.get("_class_name", class_name)
+    if name not in SCHEDULERS:
+        raise hub.CheckpointError(f"{folder}: scheduler class {name!r} is not supported; jaxgen has {sorted(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(config)
+
+
+def _to_load(specs: Mapping[str, ComponentSpec], index: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, str]:
+    """The components ``load_components`` reads from the checkpoint: not given, and saved (not null)."""
+    return {name: spec.kind for name, spec in specs.items()
+            if name not in given and index.get(name) is not None and index[name][1] is not None}
+
+
+def _load_one(root: Path, name: str, spec: ComponentSpec, class_name: str, pipeline: str, *, dtype: Any,
+              variant: str | None, mesh: Mesh) -> Any:
+    folder = hub.component_folder(root, name)
+    if spec.kind == "model":
+        if spec.library_classes and class_name not in spec.library_classes:
+            raise hub.CheckpointError(
+                f"{root}/model_index.json gives {name!r} class {class_name!r}; {pipeline} expects one of {list(spec.library_classes)}"
+            )
+        return spec.model_class.from_pretrained(folder, dtype=dtype, variant=variant, mesh=mesh)
+    if spec.kind == "tokenizer":
+        return _load_tokenizer(folder, class_name)
+    if spec.kind == "scheduler":
+        return _load_scheduler(folder, class_name)
+    if spec.kind == "processor":
+        return _load_image_processor(folder, class_name)
+    if spec.kind == "object":
+        return spec.model_class.from_pretrained(folder, dtype=dtype, variant=variant, mesh=mesh)
+    raise ValueError(f"unknown component kind {spec.kind!r}")  # a spec bug
+
+
+def load_components(
+    cls: Any, pretrained_model_name_or_path: str | os.PathLike, *, dtype: Any, variant: str | None,
+    mesh: Mesh | None, components: Mapping[str, Any],
+) -> tuple[dict[str, Any], Mesh]:
+    """Everything ``cls(mesh=..., **loaded)`` takes, read from a checkpoint; returns ``(loaded, mesh)``.
+
+    ``components`` passed by the caller are used as given (None: not loaded) and not downloaded;
+    ``cls._config`` values come from model_index.json unless passed. ``mesh`` None: ``default_mesh``.
+    """
+    specs, pipeline = cls._components, cls.__name__
+    unknown = set(components) - set(specs) - set(cls._config)
+    if unknown:
+        raise TypeError(f"{pipeline}.from_pretrained got unknown keyword arguments {sorted(unknown)}")
+    root = hub.resolve_pipeline(
+        pretrained_model_name_or_path, lambda index: _to_load(specs, index, components), variant=variant
+    )
+    index = hub.load_model_index(root)
+    if mesh is None:
+        mesh = default_mesh(specs, root, index, dtype, components)
+    loaded = dict(components)
+    loaded.update({k: index[k] for k in cls._config if k in index and k not in components})
+    for name, spec in specs.items():
+        if name in loaded:
+            continue
+        entry = index.get(name)
+        if entry is None or entry[1] is None:  # absent, or saved as None ([null, null]) by diffusers
+            if spec.optional:
+                loaded[name] = None
+                continue
+            raise hub.CheckpointError(f"{root}/model_index.json has no component {name!r} needed by {pipeline}")
+        loaded[name] = _load_one(root, name, spec, entry[1], pipeline, dtype=dtype, variant=variant, mesh=mesh)
+    return loaded, mesh
+
+
+def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[str, Any], dtype: Any,
+                 components: Mapping[str, Any]) -> Mesh:
+    """``sharding.auto_mesh`` for the model components a ``from_pretrained`` call will hold.
+
+    Sizes come from shapes only (``param_shapes()`` of each config, cast to ``dtype``); a
+    component passed in counts with its own params. Nothing is computed where the device memory
+    is unknown (CPU) or there is one device: the mesh is then plain data parallel.
+    """
+    from jaxgen.quantize import cast_floating, param_bytes
+
+    devices = jax.local_devices()
+    device_bytes = sharding.device_memory_bytes(devices[0])
+    if device_bytes is None or len(devices) == 1:
+        return sharding.auto_mesh({}, device_bytes, devices)
+    sizes: dict[str, int] = {}
+    replicated = []
+    for name, spec in specs.items():
+        if spec.kind != "model":
+            continue
+        if name in components:
+            if components[name] is None:
+                continue
+            module, variables = bind_model(components[name]).unbind()
+            sizes[name] = param_bytes(variables["params"])
+        else:
+            entry = index.get(name)
+            if entry is None or entry[1] is None:
+                continue  # missing or optional: load_components reports it
+            module = spec.model_class.from_config(
+                hub.load_config(hub.component_folder(root, name), spec.model_class.config_name), dtype=dtype
+            )
+            sizes[name] = param_bytes(cast_floating(module.param_shapes(), dtype))
+        if not getattr(type(module), "param_axes", ()):
+            replicated.append(name)
+    return sharding.auto_mesh(sizes, device_bytes, devices, replicated=replicated)
