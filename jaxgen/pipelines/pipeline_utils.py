@@ -206,6 +206,7 @@ class DiffusionPipeline:
             setattr(self, name, value)
         self.mesh: Mesh = mesh
         self._progress_bar_config: dict[str, Any] = {}
+        self._vae_tiling = False  # enable_vae_tiling()
 
     @property
     def components(self) -> dict[str, Any]:
@@ -443,7 +444,7 @@ class DiffusionPipeline:
         module, params = unbind(self.vae)
         sample_tile, latent_tile = tile_sizes(module.config)
         with self._mesh_context():
-            if getattr(self, "_vae_tiling", False) and max(latents.shape[1], latents.shape[2]) > latent_tile:
+            if self._vae_tiling and max(latents.shape[1], latents.shape[2]) > latent_tile:
                 return decode_latents_tiled(module, params, latents, sample_tile, latent_tile)
             return decode_latents(module, params, latents)
 
