@@ -13,13 +13,13 @@ import jax
 import numpy as np
 import PIL.Image
 
+from jaxgen.image_processing import OUTPUT_TYPES
+
 __all__ = [
     "check_call_kwargs", "check_run_options", "check_prompt_arguments", "prompt_batch_size", "negative_prompts",
     "check_strength", "check_size", "image_batch_size", "check_image_argument", "check_mask_argument",
-    "check_latents", "OUTPUT_TYPES",
+    "check_latents",
 ]
-
-OUTPUT_TYPES = ("pil", "np", "latent")
 
 
 def check_call_kwargs(pipeline: str, kwargs: Mapping[str, Any]) -> None:

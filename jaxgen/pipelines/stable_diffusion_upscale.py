@@ -55,15 +55,6 @@ class UpscaleDenoiser(Denoiser):
         ).sample
 
 
-def _image_batch(image: Any) -> int:
-    """How many images ``image`` holds: a list's length, a 4-D array's first axis, else 1."""
-    if isinstance(image, (list, tuple)):
-        return len(image)
-    if isinstance(image, (np.ndarray, jax.Array)) and np.ndim(image) == 4:
-        return int(np.shape(image)[0])
-    return 1
-
-
 class StableDiffusionUpscalePipeline(DiffusionPipeline):
     """Text-guided x4 super-resolution: ``pipe(prompt, image) -> StableDiffusionPipelineOutput(images=...)``.
 
@@ -157,7 +148,7 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
                 f" {type(image)}"
             )
         batch_size = checks.prompt_batch_size(prompt, prompt_embeds)
-        image_batch_size = _image_batch(image)
+        image_batch_size = checks.image_batch_size("image", image)
         if batch_size != image_batch_size:
             raise ValueError(
                 f"`prompt` has batch size {batch_size} and `image` has batch size {image_batch_size}."
