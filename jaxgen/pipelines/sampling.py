@@ -97,6 +97,11 @@ def guide(uncond: Any, cond: Any, scale: jax.Array, channels: int | None = None)
     return jnp.concatenate([eps, cond[..., channels:]], axis=-1)
 
 
+def _float32(tree: Any) -> Any:
+    """Model outputs in float32: guidance and the scheduler step never run in half precision."""
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)
+
+
 def _variance_channels(denoiser: Denoiser, x: Any) -> int | None:
     return x.shape[-1] if denoiser.learned_variance() else None
 
@@ -109,7 +114,10 @@ def _cfg_pairs(x: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class NoGuidance:
-    """The model once per step on the B sample rows; ``cond`` has B rows."""
+    """The model once per step on the B sample rows; ``cond`` has B rows.
+
+    A guidance object is called as ``guidance(denoiser, params, x, t, cond, scale, key, rows)`` and
+    returns the (guided) prediction for the B rows of ``x``, in float32."""
 
     def prepare(self, cond: Any) -> Any:
         return cond
@@ -120,7 +128,7 @@ class NoGuidance:
 
     def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
                  key: jax.Array, rows: Callable) -> Any:
-        return denoiser.predict(params, x, jnp.broadcast_to(t, (_num_rows(x),)), cond)
+        return _float32(denoiser.predict(params, x, jnp.broadcast_to(t, (_num_rows(x),)), cond))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,31 +146,24 @@ class ClassifierFreeGuidance:
     def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
                  key: jax.Array, rows: Callable) -> Any:
         doubled = jax.tree_util.tree_map(lambda a: rows(jnp.repeat(a, 2, axis=0)), x)
-        out = denoiser.predict(params, doubled, jnp.broadcast_to(t, (2 * _num_rows(x),)), cond)
-        out = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out)
+        out = _float32(denoiser.predict(params, doubled, jnp.broadcast_to(t, (2 * _num_rows(x),)), cond))
         uncond = jax.tree_util.tree_map(lambda a: a[0::2], out)
         conditional = jax.tree_util.tree_map(lambda a: a[1::2], out)
         return guide(uncond, conditional, scale, _variance_channels(denoiser, x))
 
 
 @dataclasses.dataclass(frozen=True)
-class SeparateUnconditional:
+class SeparateUnconditional(NoGuidance):
     """The unconditional prediction is another call (``denoiser.predict_unconditional``): guidance
-    that is not "the same model on other rows", such as UniDiffuser's data-free guidance."""
-
-    def prepare(self, cond: Any) -> Any:
-        return cond
-
-    def sample_cond(self, cond: Any) -> Any:
-        return cond
+    that is not "the same model on other rows", such as UniDiffuser's data-free guidance. ``cond``
+    has B rows, as for ``NoGuidance``."""
 
     def __call__(self, denoiser: Denoiser, params: Any, x: Any, t: jax.Array, cond: Any, scale: jax.Array,
                  key: jax.Array, rows: Callable) -> Any:
         timestep = jnp.broadcast_to(t, (_num_rows(x),))
         conditional = denoiser.predict(params, x, timestep, cond)
         uncond = denoiser.predict_unconditional(params, x, timestep, cond, key)
-        f32 = lambda tree: jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), tree)
-        return guide(f32(uncond), f32(conditional), scale, _variance_channels(denoiser, x))
+        return guide(_float32(uncond), _float32(conditional), scale, _variance_channels(denoiser, x))
 
 
 class PostStep:
@@ -269,7 +270,7 @@ def denoise(
         step_key = jax.random.fold_in(key, i)
         model_input = jax.tree_util.tree_map(lambda a: scheduler.scale_model_input(state, a, t), x)
         out = guidance(denoiser, params, model_input, t, cond, guidance_scale, step_key, rows)
-        out = _scheduler_output(denoiser, scheduler, jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), out), x)
+        out = _scheduler_output(denoiser, scheduler, out, x)
         new, state = scheduler.step(state, flat_rows(out), t, flat_rows(x), step_key, **step_kwargs)
         new = unflatten_rows(new, x)
         if post_step is not None:
