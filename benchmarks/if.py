@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import _abstract_params as _abstract, _compile_stats, _flops  # noqa: E402  (shared helpers)
 from pixart import matmul_rate, torch_matmul_rate  # noqa: E402
+from random_weights import jax_random_params, torch_random_module  # noqa: E402
 
 CONFIGS = REPO / "tests" / "configs"
 IF_I = CONFIGS / "DeepFloyd__IF-I-XL-v1.0"
@@ -138,67 +139,6 @@ def stages(tiny: bool = False) -> dict[str, Stage]:
     return out
 
 
-# ----------------------------------------------------------------------------- random weights
-
-_POOL = None
-
-
-def _random_values(n: int, std: float, offset: int) -> np.ndarray:
-    """n float32 values ~ N(0, std^2), cycled from a fixed pool of normals (fast: no RNG per weight)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = np.random.default_rng(0).standard_normal((1 << 22) + 7, dtype=np.float32)
-    start = offset % (_POOL.size // 2)
-    return np.resize(_POOL[start:], n) * np.float32(std)
-
-
-def _host_param(name: str, shape: tuple[int, ...], fan_in: int, offset: int, bias_names: tuple, scale_names: tuple) -> np.ndarray:
-    """Biases 0, norm scales 1, matrices/kernels N(0, 1/fan_in), other vectors N(0, 0.02^2)."""
-    n = int(np.prod(shape))
-    if len(shape) == 1 and name in bias_names:
-        return np.zeros(shape, np.float32)
-    if len(shape) == 1 and name in scale_names:
-        return np.ones(shape, np.float32)
-    std = fan_in ** -0.5 if len(shape) >= 2 else 0.02
-    return _random_values(n, std, offset).reshape(shape)
-
-
-def jax_random_params(module: Any, dtype: Any) -> Any:
-    """Random params for a jaxgen module, built leaf by leaf on the host (peak: params + one leaf)."""
-    import jax
-
-    counter = iter(range(1 << 30))
-
-    def make(path, leaf):
-        name = str(getattr(path[-1], "key", path[-1]))
-        fan_in = int(np.prod(leaf.shape[:-1])) if len(leaf.shape) >= 2 else 1  # flax: (..., in, out)
-        host = _host_param(name, tuple(leaf.shape), fan_in, 7919 * next(counter), ("bias",), ("scale",))
-        return jax.device_put(host.astype(dtype))
-
-    return jax.tree_util.tree_map_with_path(make, module.param_shapes())
-
-
-def torch_random_unet(config: dict, dtype: Any) -> Any:
-    """diffusers' UNet2DConditionModel built on the meta device, then given random weights in ``dtype``."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    with torch.device("meta"):
-        model = UNet2DConditionModel.from_config(config)
-    if dtype != torch.float32:
-        model = model.to(dtype)
-    model = model.to_empty(device="cpu").eval()
-    with torch.no_grad():
-        for i, (name, p) in enumerate(model.named_parameters()):
-            leaf = name.rsplit(".", 1)[-1]
-            fan_in = int(np.prod(p.shape[1:])) if p.ndim >= 2 else 1  # torch: (out, in, ...)
-            host = _host_param(leaf, tuple(p.shape), fan_in, 7919 * i, ("bias",), ("weight",))
-            p.copy_(torch.from_numpy(host))
-    if any(True for _ in model.buffers()):
-        raise ValueError("the UNet has buffers that to_empty() left uninitialised")
-    return model
-
-
 # ----------------------------------------------------------------------------- IF's sampling loop, jaxgen
 
 
@@ -269,12 +209,12 @@ def bench_jaxgen(stage: Stage, resolution: int, dtype_name: str, steps: int) -> 
 
 def bench_diffusers(stage: Stage, resolution: int, dtype_name: str, steps: int) -> dict:
     import torch
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     torch.manual_seed(0)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     start = time.perf_counter()
-    unet = torch_random_unet(stage.unet, dtype)
+    unet = torch_random_module(lambda: UNet2DConditionModel.from_config(stage.unet), dtype)
     init_s = time.perf_counter() - start
     scheduler = DDPMScheduler.from_config(stage.scheduler)
     x0 = torch.randn(1, 3, resolution, resolution)

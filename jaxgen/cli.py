@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     cascade.add_argument("--stage3-model", default="stabilityai/stable-diffusion-x4-upscaler")
     cascade.add_argument("--noise-level", type=int, default=100, help="stage III's noise level (default 100)")
     cascade.add_argument("--save-stages", action="store_true", help="also write each earlier stage's images (-stage1, -stage2)")
+    prior = gen.add_argument_group("Kandinsky prior (when --model is a Kandinsky decoder)")
+    prior.add_argument("--prior-model", default=None,
+                       help="the prior's repo or folder (default: the one the decoder's README.md names)")
+    prior.add_argument("--prior-steps", type=int, default=None, help="the prior's denoising steps (default 25)")
+    prior.add_argument("--prior-guidance", type=float, default=None, help="the prior's guidance scale (default 4)")
 
     batch = sub.add_parser(
         "batch", help="generate a set of prompts into a folder, resumable",

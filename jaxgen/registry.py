@@ -66,6 +66,8 @@ def _same_target(names: Mapping[str, str], target: str) -> dict[str, str]:
 
 
 _IF_STAGE_I = ("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline")
+_KANDINSKY = ("KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "KandinskyCombinedPipeline",
+              "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline")
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -104,6 +106,27 @@ FAMILIES: tuple[Family, ...] = (
             "inpainting": _same_target(_IF_STAGE_I, "IFInpaintingPipeline"),
         },
         cli_generate="jaxgen.pipelines.deepfloyd_if.cascade:cli_generate",
+    ),
+    Family(
+        "kandinsky",
+        pipelines=dict.fromkeys(
+            ("KandinskyPriorPipeline", "KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline",
+             "KandinskyCombinedPipeline", "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline"),
+            "jaxgen.pipelines.kandinsky",
+        ),
+        models={
+            "PriorTransformer": "jaxgen.models.prior_transformer",
+            "VQModel": "jaxgen.models.vq_model",
+            "MultilingualCLIP": "jaxgen.text.multilingual_clip",
+        },
+        schedulers={"UnCLIPScheduler": "jaxgen.schedulers.unclip"},
+        # as diffusers' AUTO_*_PIPELINES_MAPPING["kandinsky"]: any Kandinsky 2.1 checkpoint -> prior + decoder
+        tasks={
+            "text-to-image": _same_target(_KANDINSKY, "KandinskyCombinedPipeline"),
+            "image-to-image": _same_target(_KANDINSKY, "KandinskyImg2ImgCombinedPipeline"),
+            "inpainting": _same_target(_KANDINSKY, "KandinskyInpaintCombinedPipeline"),
+        },
+        cli_generate="jaxgen.pipelines.kandinsky.combined:cli_generate",
     ),
     Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III

@@ -165,3 +165,25 @@ def tiny_pixart_256(tmp_path_factory):
     """(folder, torch pipeline): tiny PixArt with sample_size 32 (256 bins, no micro-conditions), VAE factor 8."""
     folder = tmp_path_factory.mktemp("tiny_pixart_256")
     return folder, build_tiny_pixart(folder, sample_size=32, vae_levels=4, seed=10)
+
+
+def make_xlm_roberta_tokenizer(folder: Path):
+    """A tiny XLM-RoBERTa tokenizer (``XLMRobertaTokenizerFast``; a sentencepiece unigram model trained here on
+    CORPUS: the Hub is not reachable), laid out as XLM-R's: ``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    then the pieces, ``<mask>`` last. It round-trips through ``save_pretrained``/``from_pretrained``."""
+    import sentencepiece as spm
+    from transformers import XLMRobertaTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.txt").write_text("\n".join(CORPUS * 20))
+    # sentencepiece's own specials are <unk> 0, <s> 1, </s> 2; XLM-R (fairseq) puts its four first instead
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"), model_prefix=str(folder / "sentencepiece.bpe"), vocab_size=48,
+        model_type="unigram", character_coverage=1.0, minloglevel=2, hard_vocab_limit=False,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "sentencepiece.bpe.model"))
+    vocab = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(sp.id_to_piece(i), sp.get_score(i)) for i in range(3, sp.get_piece_size())]
+    vocab.append(("<mask>", 0.0))
+    return XLMRobertaTokenizerFast(vocab=vocab, model_max_length=512)

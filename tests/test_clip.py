@@ -213,6 +213,12 @@ def _coverage(cls, torch_model, cfg_dict):
     [
         ("stabilityai__stable-diffusion-x4-upscaler", "text_encoder", CLIPTextModel, transformers.CLIPTextModel,
          dict(hidden_size=1024, num_hidden_layers=23, hidden_act="gelu", eos_token_id=2)),
+        ("kandinsky-community__kandinsky-2-1-prior", "text_encoder", CLIPTextModelWithProjection,
+         transformers.CLIPTextModelWithProjection,
+         dict(hidden_size=768, num_hidden_layers=12, projection_dim=768)),
+        ("kandinsky-community__kandinsky-2-1-prior", "image_encoder", CLIPVisionModelWithProjection,
+         transformers.CLIPVisionModelWithProjection,
+         dict(hidden_size=1024, num_hidden_layers=24, patch_size=14, projection_dim=768)),
         ("kandinsky-community__kandinsky-2-2-prior", "text_encoder", CLIPTextModelWithProjection,
          transformers.CLIPTextModelWithProjection,
          dict(hidden_size=1280, num_hidden_layers=32, hidden_act="gelu", projection_dim=1280)),

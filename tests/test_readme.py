@@ -3,7 +3,7 @@
 The examples are extracted from the README's ```python blocks; each Hub id they name is replaced by
 the folder of a tiny random-weight model of the same family and pixel geometry (the PixArt ones keep
 1024 / 512 px through a patch size of 8), and the block is executed in a fresh working directory
-holding a ``prompts.txt``. ``jax.distributed.initialize`` is a no-op (one process) and ``sys.argv`` is
+holding a ``prompts.txt`` and a ``cat.png``. ``jax.distributed.initialize`` is a no-op (one process) and ``sys.argv`` is
 what the multi-host example's command line gives it. An example naming a Hub id this file does not
 know fails, so a new example cannot slip past untested.
 """
@@ -14,6 +14,7 @@ import re
 import sys
 from pathlib import Path
 
+import PIL.Image
 import pytest
 
 from tests.conftest import build_tiny_pixart
@@ -30,6 +31,8 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     from tests.test_deepfloyd_if import _build as build_if
     from tests.test_stable_diffusion_upscale import build_tiny_upscale
 
+    from tests.test_kandinsky import build_tiny_kandinsky
+
     root = tmp_path_factory.mktemp("readme_models")
     geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
     models = {
@@ -43,6 +46,10 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     for repo, build in models.items():
         folders[repo] = root / repo.replace("/", "__")
         build(folders[repo])
+    # Kandinsky 2.1: a MoVQ of 4 levels (8x, as the real one), so that 512 px is 64 x 64 latents
+    kandinsky, _ = build_tiny_kandinsky(root / "kandinsky", movq_levels=4)
+    for name, repo in (("prior", "kandinsky-2-1-prior"), ("decoder", "kandinsky-2-1"), ("inpaint", "kandinsky-2-1-inpaint")):
+        folders[f"kandinsky-community/{repo}"] = kandinsky[name]
     return folders
 
 
@@ -62,6 +69,7 @@ def test_readme_example_runs(index, tiny_hub, tmp_path, monkeypatch):
     assert not left, f"README block {index} names Hub ids with no tiny stand-in here: {left}"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    PIL.Image.new("RGB", (640, 480), (200, 120, 60)).save(tmp_path / "cat.png")  # "a picture of yours"
     monkeypatch.setattr(jax.distributed, "initialize", lambda *args, **kwargs: None)
     monkeypatch.setattr(sys, "argv", ["generate.py", "prompts.txt", "out"])
     exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "__main__"})

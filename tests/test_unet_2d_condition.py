@@ -216,6 +216,7 @@ REAL = {
     "DeepFloyd__IF-I-XL-v1.0": UNet2DConditionModelConfig.if_i_xl,
     "stabilityai__stable-diffusion-x4-upscaler": UNet2DConditionModelConfig.x4_upscaler,
     "kandinsky-community__kandinsky-2-1": None,
+    "kandinsky-community__kandinsky-2-1-inpaint": None,
     "kandinsky-community__kandinsky-2-2-decoder": None,
     "kandinsky-community__kandinsky-2-2-controlnet-depth": None,
 }

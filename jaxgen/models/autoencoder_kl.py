@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.nn.linear import Dense
 from jaxgen.modeling import ModelConfig, PretrainedModel
-from jaxgen.nn.attention import dot_product_attention
-from jaxgen.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D, conv2d, get_activation, group_norm
+# The encoder, decoder and their blocks are shared with VQModel; re-exported here (their old home).
+from jaxgen.nn.autoencoder_blocks import (
+    Decoder, DecoderOutput, DownEncoderBlock2D, Encoder, UNetMidBlock2D, UpDecoderBlock2D, VAEAttention,
+)
+from jaxgen.nn.resnet import conv2d, get_activation
 
 __all__ = [
     "AutoencoderKLConfig", "AutoencoderKL", "AutoencoderKLOutput", "DecoderOutput", "DiagonalGaussianDistribution",
@@ -30,6 +32,8 @@ __all__ = [
     "tiled_decode", "tile_sizes",
 ]
 
+# The shared Encoder/Decoder also build the attention variants (VQModel uses them); AutoencoderKL's
+# configs are held to the plain blocks, the only ones its checkpoints use and its tests cover.
 _DOWN_BLOCKS = ("DownEncoderBlock2D",)
 _UP_BLOCKS = ("UpDecoderBlock2D",)
 
@@ -140,225 +144,6 @@ class AutoencoderKLOutput:
     """``encode``'s output: ``latent_dist``, the posterior over latents."""
 
     latent_dist: DiagonalGaussianDistribution
-
-
-@flax.struct.dataclass
-class DecoderOutput:
-    """``decode``'s output: ``sample`` (B, H, W, C) images; ``commit_loss`` only for VQ models."""
-
-    sample: jax.Array
-    commit_loss: jax.Array | None = None
-
-
-class VAEAttention(nn.Module):
-    """diffusers' ``Attention`` as the VAE mid-block uses it: spatial self-attention over H*W positions.
-
-    group_norm -> to_q/to_k/to_v -> attention -> to_out.0, plus the residual, divided by
-    ``rescale_output_factor``. Takes and returns (B, H, W, C).
-    """
-
-    heads: int
-    dim_head: int
-    norm_num_groups: int | None = None
-    eps: float = 1e-6
-    rescale_output_factor: float = 1.0
-    residual_connection: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        residual = hidden_states
-        b, h, w, c = hidden_states.shape
-        if self.norm_num_groups is not None:
-            hidden_states = group_norm(self.norm_num_groups, self.eps, self.dtype, "group_norm")(hidden_states)
-        hidden_states = hidden_states.reshape(b, h * w, c)
-        inner = self.heads * self.dim_head
-
-        def project(name: str) -> jax.Array:
-            y = Dense(inner, dtype=self.dtype, name=name)(hidden_states)
-            return y.reshape(b, h * w, self.heads, self.dim_head)
-
-        out = dot_product_attention(project("to_q"), project("to_k"), project("to_v")).reshape(b, h * w, inner)
-        out = Dense(c, dtype=self.dtype, name="to_out.0")(out).reshape(b, h, w, c)
-        if self.residual_connection:
-            out = out + residual
-        return out / self.rescale_output_factor
-
-
-class UNetMidBlock2D(nn.Module):
-    """diffusers' ``UNetMidBlock2D``: resnet, then ``num_layers`` x (attention, resnet), at constant width.
-
-    ``attention_head_dim`` defaults to the width (one head, as in the VAE). Takes (B, H, W, C) and an
-    optional ``temb`` (B, temb_channels); returns (B, H, W, C).
-    """
-
-    temb_channels: int | None = None
-    num_layers: int = 1
-    resnet_eps: float = 1e-6
-    resnet_time_scale_shift: str = "default"
-    resnet_act_fn: str = "swish"
-    resnet_groups: int | None = 32
-    attn_groups: int | None = None
-    add_attention: bool = True
-    attention_head_dim: int | None = None
-    output_scale_factor: float = 1.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        channels = hidden_states.shape[-1]
-        groups = self.resnet_groups if self.resnet_groups is not None else min(channels // 4, 32)
-        attn_groups = self.attn_groups
-        if attn_groups is None and self.resnet_time_scale_shift == "default":
-            attn_groups = groups
-        head_dim = self.attention_head_dim or channels
-
-        def resnet(i: int) -> ResnetBlock2D:
-            return ResnetBlock2D(
-                out_channels=channels, temb_channels=self.temb_channels, eps=self.resnet_eps, groups=groups,
-                time_embedding_norm=self.resnet_time_scale_shift, non_linearity=self.resnet_act_fn,
-                output_scale_factor=self.output_scale_factor, dtype=self.dtype, name=f"resnets.{i}",
-            )
-
-        hidden_states = resnet(0)(hidden_states, temb)
-        for i in range(self.num_layers):
-            if self.add_attention:
-                hidden_states = VAEAttention(
-                    heads=channels // head_dim, dim_head=head_dim, norm_num_groups=attn_groups, eps=self.resnet_eps,
-                    rescale_output_factor=self.output_scale_factor, dtype=self.dtype, name=f"attentions.{i}",
-                )(hidden_states)
-            hidden_states = resnet(i + 1)(hidden_states, temb)
-        return hidden_states
-
-
-class DownEncoderBlock2D(nn.Module):
-    """diffusers' ``DownEncoderBlock2D``: ``num_layers`` resnets (no time embedding), then an optional
-    stride-2 conv (``downsamplers.0``). (B, H, W, C_in) -> (B, H/2, W/2, out_channels)."""
-
-    out_channels: int
-    num_layers: int = 1
-    resnet_eps: float = 1e-6
-    resnet_act_fn: str = "swish"
-    resnet_groups: int = 32
-    output_scale_factor: float = 1.0
-    add_downsample: bool = True
-    downsample_padding: int = 1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: jax.Array) -> jax.Array:
-        for i in range(self.num_layers):
-            hidden_states = ResnetBlock2D(
-                out_channels=self.out_channels, temb_channels=None, eps=self.resnet_eps, groups=self.resnet_groups,
-                non_linearity=self.resnet_act_fn, output_scale_factor=self.output_scale_factor, dtype=self.dtype,
-                name=f"resnets.{i}",
-            )(hidden_states)
-        if self.add_downsample:
-            hidden_states = Downsample2D(
-                use_conv=True, out_channels=self.out_channels, padding=self.downsample_padding, dtype=self.dtype,
-                name="downsamplers.0",
-            )(hidden_states)
-        return hidden_states
-
-
-class UpDecoderBlock2D(nn.Module):
-    """diffusers' ``UpDecoderBlock2D``: ``num_layers`` resnets, then an optional nearest 2x + conv
-    (``upsamplers.0``). (B, H, W, C_in) -> (B, 2H, 2W, out_channels)."""
-
-    out_channels: int
-    num_layers: int = 1
-    resnet_eps: float = 1e-6
-    resnet_act_fn: str = "swish"
-    resnet_groups: int = 32
-    output_scale_factor: float = 1.0
-    add_upsample: bool = True
-    temb_channels: int | None = None
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, hidden_states: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        for i in range(self.num_layers):
-            hidden_states = ResnetBlock2D(
-                out_channels=self.out_channels, temb_channels=self.temb_channels, eps=self.resnet_eps,
-                groups=self.resnet_groups, non_linearity=self.resnet_act_fn,
-                output_scale_factor=self.output_scale_factor, dtype=self.dtype, name=f"resnets.{i}",
-            )(hidden_states, temb)
-        if self.add_upsample:
-            hidden_states = Upsample2D(use_conv=True, out_channels=self.out_channels, dtype=self.dtype,
-                                       name="upsamplers.0")(hidden_states)
-        return hidden_states
-
-
-class Encoder(nn.Module):
-    """diffusers' VAE ``Encoder``: conv_in, down blocks, mid block, GroupNorm + SiLU, conv_out.
-
-    (B, H, W, in_channels) -> (B, H/f, W/f, 2 * out_channels if double_z else out_channels).
-    """
-
-    out_channels: int = 3
-    down_block_types: tuple[str, ...] = ("DownEncoderBlock2D",)
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 2
-    norm_num_groups: int = 32
-    act_fn: str = "silu"
-    double_z: bool = True
-    mid_block_add_attention: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, sample: jax.Array) -> jax.Array:
-        _check_block_types("down_block_types", self.down_block_types, _DOWN_BLOCKS)
-        channels = self.block_out_channels
-        sample = conv2d(channels[0], 3, padding=1, dtype=self.dtype, name="conv_in")(sample)
-        for i in range(len(self.down_block_types)):
-            sample = DownEncoderBlock2D(
-                out_channels=channels[i], num_layers=self.layers_per_block, resnet_eps=1e-6,
-                resnet_act_fn=self.act_fn, resnet_groups=self.norm_num_groups,
-                add_downsample=i != len(channels) - 1, downsample_padding=0, dtype=self.dtype, name=f"down_blocks.{i}",
-            )(sample)
-        sample = UNetMidBlock2D(
-            resnet_eps=1e-6, resnet_act_fn=self.act_fn, output_scale_factor=1.0, attention_head_dim=channels[-1],
-            resnet_groups=self.norm_num_groups, add_attention=self.mid_block_add_attention, dtype=self.dtype,
-            name="mid_block",
-        )(sample)
-        sample = nn.silu(group_norm(self.norm_num_groups, 1e-6, self.dtype, "conv_norm_out")(sample))
-        out = 2 * self.out_channels if self.double_z else self.out_channels
-        return conv2d(out, 3, padding=1, dtype=self.dtype, name="conv_out")(sample)
-
-
-class Decoder(nn.Module):
-    """diffusers' VAE ``Decoder`` (group norm form): conv_in, mid block, up blocks, GroupNorm + SiLU, conv_out.
-
-    (B, h, w, latent channels) -> (B, h * f, w * f, out_channels).
-    """
-
-    out_channels: int = 3
-    up_block_types: tuple[str, ...] = ("UpDecoderBlock2D",)
-    block_out_channels: tuple[int, ...] = (64,)
-    layers_per_block: int = 2
-    norm_num_groups: int = 32
-    act_fn: str = "silu"
-    mid_block_add_attention: bool = True
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, sample: jax.Array) -> jax.Array:
-        _check_block_types("up_block_types", self.up_block_types, _UP_BLOCKS)
-        reversed_channels = tuple(reversed(self.block_out_channels))
-        sample = conv2d(reversed_channels[0], 3, padding=1, dtype=self.dtype, name="conv_in")(sample)
-        sample = UNetMidBlock2D(
-            resnet_eps=1e-6, resnet_act_fn=self.act_fn, output_scale_factor=1.0,
-            attention_head_dim=reversed_channels[0], resnet_groups=self.norm_num_groups,
-            add_attention=self.mid_block_add_attention, dtype=self.dtype, name="mid_block",
-        )(sample)
-        for i in range(len(self.up_block_types)):
-            sample = UpDecoderBlock2D(
-                out_channels=reversed_channels[i], num_layers=self.layers_per_block + 1, resnet_eps=1e-6,
-                resnet_act_fn=self.act_fn, resnet_groups=self.norm_num_groups,
-                add_upsample=i != len(reversed_channels) - 1, dtype=self.dtype, name=f"up_blocks.{i}",
-            )(sample)
-        sample = nn.silu(group_norm(self.norm_num_groups, 1e-6, self.dtype, "conv_norm_out")(sample))
-        return conv2d(self.out_channels, 3, padding=1, dtype=self.dtype, name="conv_out")(sample)
 
 
 class AutoencoderKL(nn.Module, PretrainedModel):

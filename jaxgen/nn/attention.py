@@ -295,8 +295,10 @@ class Attention(nn.Module):
     """Multi-head attention with diffusers' parameter names (``to_q``, ``to_k``, ``to_v``, ``to_out.0``).
 
     Takes hidden_states (batch, q_len, query_dim), optional encoder_hidden_states (batch, k_len,
-    cross_attention_dim) for cross-attention, and an optional boolean/0-1 ``attention_mask``
-    (batch, k_len) over the keys. Returns (batch, q_len, out_dim or query_dim).
+    cross_attention_dim) for cross-attention, an optional boolean/0-1 ``attention_mask``
+    (batch, k_len) over the keys, and an optional additive ``attention_bias`` broadcastable to
+    (batch, heads, q_len, k_len) (diffusers' float masks: 0 attended, -10000 masked, e.g. the Kandinsky
+    prior's causal + padding mask; added to the float32 logits). Returns (batch, q_len, out_dim or query_dim).
     ``implementation`` is passed to ``dot_product_attention`` (None: chosen per backend).
     """
 
@@ -310,7 +312,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, encoder_hidden_states: jax.Array | None = None,
-                 attention_mask: jax.Array | None = None) -> jax.Array:
+                 attention_mask: jax.Array | None = None, attention_bias: jax.Array | None = None) -> jax.Array:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         inner = self.heads * self.dim_head
         dense = lambda features, use_bias, name: Dense(features, use_bias=use_bias, dtype=self.dtype, name=name)
@@ -319,5 +321,6 @@ class Attention(nn.Module):
         k = dense(inner, self.bias, "to_k")(context).reshape(b, context.shape[1], self.heads, self.dim_head)
         v = dense(inner, self.bias, "to_v")(context).reshape(b, context.shape[1], self.heads, self.dim_head)
         mask = None if attention_mask is None else key_padding_mask(attention_mask)
-        out = dot_product_attention(q, k, v, mask, implementation=self.implementation).reshape(b, lq, inner)
+        out = dot_product_attention(q, k, v, mask, bias=attention_bias, implementation=self.implementation)
+        out = out.reshape(b, lq, inner)
         return dense(self.out_dim or hidden_states.shape[-1], self.out_bias, "to_out.0")(out)

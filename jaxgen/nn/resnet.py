@@ -1,4 +1,5 @@
-"""Convolutional building blocks shared by the VAEs and UNets: resnet block, down- and upsampling.
+"""Convolutional building blocks shared by the VAEs and UNets: resnet block, down- and upsampling,
+and the MoVQ decoder's ``SpatialNorm``.
 
 Everything is channels last (NHWC). Module and parameter names mirror diffusers'
 (``norm1``, ``conv1``, ``time_emb_proj``, ``norm2``, ``conv2``, ``conv_shortcut``; the sampling
@@ -15,7 +16,10 @@ import jax.numpy as jnp
 
 from jaxgen.nn.linear import Conv, Dense
 
-__all__ = ["get_activation", "group_norm", "conv2d", "ResnetBlock2D", "Downsample2D", "Upsample2D", "upsample_nearest"]
+__all__ = [
+    "get_activation", "group_norm", "conv2d", "SpatialNorm", "ResnetBlock2D", "Downsample2D", "Upsample2D",
+    "upsample_nearest",
+]
 
 
 def _mish(x: jax.Array) -> jax.Array:
@@ -62,10 +66,34 @@ def upsample_nearest(x: jax.Array, output_size: tuple[int, int] | None = None) -
     if output_size is None:
         return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
     (h, w), (oh, ow) = x.shape[1:3], output_size
+    if oh % h == 0 and ow % w == 0:  # whole multiples (SpatialNorm's latents): a repeat, not a gather
+        return jnp.repeat(jnp.repeat(x, oh // h, axis=1), ow // w, axis=2)
     # torch's "nearest": source index floor(dst * in / out), clipped to the last row/column.
     rows = jnp.minimum(jnp.floor(jnp.arange(oh) * (h / oh)).astype(jnp.int32), h - 1)
     cols = jnp.minimum(jnp.floor(jnp.arange(ow) * (w / ow)).astype(jnp.int32), w - 1)
     return x[:, rows][:, :, cols]
+
+
+class SpatialNorm(nn.Module):
+    """diffusers' ``SpatialNorm`` (MoVQ, arXiv 2209.09002): a GroupNorm modulated by quantized latents.
+
+    ``norm_layer(f) * conv_y(zq') + conv_b(zq')``, where zq' is ``zq`` resized (nearest) to f's
+    height and width and ``conv_y`` / ``conv_b`` are 1x1 convs to f's channels. diffusers fixes the
+    norm at 32 groups and eps 1e-6 whatever the model's ``norm_num_groups``.
+    Call: ``(f (B, H, W, C), zq (B, h, w, C_zq)) -> (B, H, W, C)``.
+    """
+
+    num_groups: int = 32
+    eps: float = 1e-6
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, f: jax.Array, zq: jax.Array) -> jax.Array:
+        channels = f.shape[-1]
+        zq = upsample_nearest(zq.astype(f.dtype), f.shape[1:3])
+        norm_f = group_norm(self.num_groups, self.eps, self.dtype, "norm_layer")(f)
+        scale = conv2d(channels, 1, dtype=self.dtype, name="conv_y")(zq)
+        return norm_f * scale + conv2d(channels, 1, dtype=self.dtype, name="conv_b")(zq)
 
 
 class Downsample2D(nn.Module):
@@ -123,18 +151,22 @@ class Upsample2D(nn.Module):
 
 
 class ResnetBlock2D(nn.Module):
-    """diffusers' ``ResnetBlock2D`` on NHWC input.
+    """diffusers' ``ResnetBlock2D`` (and ``ResnetBlockCondNorm2D`` with ``"spatial"``) on NHWC input.
 
     norm1 -> act -> (up/down) -> conv1 -> (+ time embedding) -> norm2 -> act -> conv2, plus the
     (optionally 1x1-projected) shortcut, divided by ``output_scale_factor``.
     ``time_embedding_norm="default"`` adds ``time_emb_proj(act(temb))`` before norm2;
-    ``"scale_shift"`` projects to 2 * out_channels and applies ``norm2(h) * (1 + scale) + shift``.
+    ``"scale_shift"`` projects to 2 * out_channels and applies ``norm2(h) * (1 + scale) + shift``;
+    ``"group"`` is the plain block (no time embedding; diffusers' VAE decoder passes it);
+    ``"spatial"`` (MoVQ decoder) makes norm1 and norm2 ``SpatialNorm`` layers conditioned on ``temb``,
+    the quantized latents (B, h, w, C_zq), with no ``time_emb_proj``.
     ``temb_channels=None`` builds no ``time_emb_proj`` (the VAE); the input width of the projection
     is taken from ``temb`` itself. ``up``/``down`` resample both paths with parameter-free nearest
     upsampling / 2x2 average pooling (diffusers' ResnetUpsampleBlock2D / ResnetDownsampleBlock2D).
     Dropout is omitted (inference only).
 
-    Call: ``(input_tensor (B, H, W, C_in), temb (B, temb_channels) or None) -> (B, H', W', C_out)``.
+    Call: ``(input_tensor (B, H, W, C_in), temb) -> (B, H', W', C_out)``; ``temb`` is (B, temb_channels),
+    the quantized latents (B, h, w, C_zq) with "spatial", or None.
     """
 
     out_channels: int | None = None
@@ -153,18 +185,35 @@ class ResnetBlock2D(nn.Module):
     conv_2d_out_channels: int | None = None
     dtype: Any = jnp.float32
 
+    def _check(self, temb: jax.Array | None) -> None:
+        kind = self.time_embedding_norm
+        if kind not in ("default", "scale_shift", "group", "spatial"):
+            raise ValueError(f"ResnetBlock2D: unsupported time_embedding_norm {kind!r} "
+                             "(supported: 'default', 'scale_shift', 'group', 'spatial')")
+        if kind == "group" and self.temb_channels is not None:
+            raise ValueError("ResnetBlock2D: time_embedding_norm='group' takes no time embedding (temb_channels=None)")
+        if kind == "spatial" and temb is None:
+            raise ValueError("ResnetBlock2D: time_embedding_norm='spatial' needs `temb`, the quantized latents")
+        if kind == "scale_shift" and (temb is None or self.temb_channels is None):
+            raise ValueError("ResnetBlock2D: `temb` and `temb_channels` are required with "
+                             "time_embedding_norm='scale_shift'")
+
     @nn.compact
     def __call__(self, input_tensor: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        if self.time_embedding_norm not in ("default", "scale_shift"):
-            raise ValueError(f"ResnetBlock2D: unsupported time_embedding_norm {self.time_embedding_norm!r} "
-                             "(supported: 'default', 'scale_shift')")
+        self._check(temb)
+        kind = self.time_embedding_norm
         act = get_activation(self.non_linearity)
         in_channels = input_tensor.shape[-1]
         out_channels = self.out_channels or in_channels
         conv_2d_out = self.conv_2d_out_channels or out_channels
         groups_out = self.groups_out if self.groups_out is not None else self.groups
 
-        hidden_states = act(group_norm(self.groups, self.eps, self.dtype, "norm1")(input_tensor))
+        def norm(name: str, groups: int, x: jax.Array) -> jax.Array:
+            if kind == "spatial":
+                return SpatialNorm(dtype=self.dtype, name=name)(x, temb)
+            return group_norm(groups, self.eps, self.dtype, name)(x)
+
+        hidden_states = act(norm("norm1", self.groups, input_tensor))
         if self.up:
             input_tensor = upsample_nearest(input_tensor)
             hidden_states = upsample_nearest(hidden_states)
@@ -173,24 +222,17 @@ class ResnetBlock2D(nn.Module):
             hidden_states = Downsample2D(dtype=self.dtype)(hidden_states)
         hidden_states = conv2d(out_channels, 3, padding=1, dtype=self.dtype, name="conv1")(hidden_states)
 
-        if self.temb_channels is None:
-            temb = None  # no time_emb_proj: the block is unconditioned (VAE)
-        if temb is not None:
-            if not self.skip_time_act:
-                temb = act(temb)
-            width = 2 * out_channels if self.time_embedding_norm == "scale_shift" else out_channels
-            temb = Dense(width, dtype=self.dtype, name="time_emb_proj")(temb)[:, None, None, :]
-        elif self.time_embedding_norm == "scale_shift":
-            raise ValueError("ResnetBlock2D: `temb` and `temb_channels` are required with time_embedding_norm='scale_shift'")
-
-        norm2 = group_norm(groups_out, self.eps, self.dtype, "norm2")
-        if self.time_embedding_norm == "default":
-            if temb is not None:
-                hidden_states = hidden_states + temb
-            hidden_states = norm2(hidden_states)
-        else:
-            time_scale, time_shift = jnp.split(temb, 2, axis=-1)
-            hidden_states = norm2(hidden_states) * (1 + time_scale) + time_shift
+        emb = None  # the projected time embedding (none in the VAEs)
+        if kind in ("default", "scale_shift") and self.temb_channels is not None and temb is not None:
+            emb = temb if self.skip_time_act else act(temb)
+            width = 2 * out_channels if kind == "scale_shift" else out_channels
+            emb = Dense(width, dtype=self.dtype, name="time_emb_proj")(emb)[:, None, None, :]
+        if kind == "default" and emb is not None:
+            hidden_states = hidden_states + emb
+        hidden_states = norm("norm2", groups_out, hidden_states)
+        if kind == "scale_shift":
+            time_scale, time_shift = jnp.split(emb, 2, axis=-1)
+            hidden_states = hidden_states * (1 + time_scale) + time_shift
         hidden_states = act(hidden_states)
         hidden_states = conv2d(conv_2d_out, 3, padding=1, dtype=self.dtype, name="conv2")(hidden_states)
 

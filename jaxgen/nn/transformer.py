@@ -1,5 +1,6 @@
 """Pieces of diffusers' ``BasicTransformerBlock`` (``models/attention.py``): feed-forward, its activations, and
-the pre-LayerNorm block.
+the pre-LayerNorm block (whose self-attention also takes diffusers' additive float masks, as the Kandinsky
+prior's causal + padding mask).
 
 Names mirror diffusers: ``ff.net.0.proj`` (the activation module's projection) and ``ff.net.2`` (the
 output projection); ``norm1``/``attn1``/``norm2``/``attn2``/``norm3``/``ff`` in the block. Sequences
@@ -124,8 +125,10 @@ class BasicTransformerBlock(nn.Module):
     norm1 -> attn1 (self-attention, or cross-attention when ``only_cross_attention``) -> + x;
     norm2 -> attn2 (cross-attention; self-attention when ``double_self_attention``), present when
     ``cross_attention_dim`` is set or ``double_self_attention``; norm3 -> ff -> + x.
-    Takes hidden_states (B, L, dim), encoder_hidden_states (B, S, cross_attention_dim), and 0/1
-    key-padding masks ``attention_mask`` (B, L or S) / ``encoder_attention_mask`` (B, S); returns (B, L, dim).
+    Takes hidden_states (B, L, dim), encoder_hidden_states (B, S, cross_attention_dim), 0/1
+    key-padding masks ``attention_mask`` (B, L or S) / ``encoder_attention_mask`` (B, S), and an
+    optional additive ``attention_bias`` for attn1 broadcastable to (B, heads, L, L or S) (diffusers'
+    float self-attention mask, e.g. causal); returns (B, L, dim).
     """
 
     num_attention_heads: int
@@ -149,11 +152,12 @@ class BasicTransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, hidden_states: jax.Array, attention_mask: jax.Array | None = None,
                  encoder_hidden_states: jax.Array | None = None,
-                 encoder_attention_mask: jax.Array | None = None) -> jax.Array:
+                 encoder_attention_mask: jax.Array | None = None,
+                 attention_bias: jax.Array | None = None) -> jax.Array:
         norm = lambda name: layer_norm(self.norm_eps, self.norm_elementwise_affine, self.dtype, name)
         x = norm("norm1")(hidden_states)
         context = encoder_hidden_states if self.only_cross_attention else None
-        hidden_states = hidden_states + self._attention("attn1")(x, context, attention_mask)
+        hidden_states = hidden_states + self._attention("attn1")(x, context, attention_mask, attention_bias)
         if self.cross_attention_dim is not None or self.double_self_attention:
             x = norm("norm2")(hidden_states)
             hidden_states = hidden_states + self._attention("attn2")(x, encoder_hidden_states, encoder_attention_mask)

@@ -1,0 +1,824 @@
+"""Kandinsky 2.1 speed: jaxgen against diffusers (PyTorch) on the real-size architectures, one run.
+
+Random weights (speed does not depend on their values; ``random_weights.py``), real configs from
+``tests/configs/kandinsky-community__kandinsky-2-1{,-prior}``, same machine and process, float32 and
+bfloat16 (params and compute, on both sides). Four parts (``--only``):
+
+- ``prior``: one prior step with classifier-free guidance: the PriorTransformer (1.0B) on 2 rows for
+  1 image (text embeds (2, 768), hidden states (2, 77, 768), mask (2, 77)), the guidance, the UnCLIP
+  step. Seconds per step.
+- ``unet``: one decoder step at ``--resolution`` (512: latents (1, 64, 64, 4)) with guidance: the
+  UNet (1.2B) on 2 rows (M-CLIP hidden states (2, 77, 1024), text_embeds (2, 768), image_embeds
+  (2, 768)), the guidance on the epsilon half, the learned variance dropped, the DDIM step.
+- ``movq``: the MoVQ decode of (1, 64, 64, 4) latents to a 512 x 512 image (not quantized).
+- ``pipeline``: seconds per image of the whole thing, text encoders included: the prior pipeline
+  (CLIP text, the prior loop, the zero-image embedding from CLIP vision) then the decoder pipeline
+  (M-CLIP, the UNet loop, the MoVQ, output_type "np"), ``--pipeline-steps`` steps each, guidance
+  4, timed on the second call (the first, which compiles, is reported apart). The tokenizers are
+  tiny ones built here (the Hub is unreachable; as tests/conftest.py builds them): only their ids
+  must be below the real vocab sizes; the prompt is padded to 77 tokens anyway.
+
+jaxgen runs what its pipelines ship. Steps: ``jaxgen.pipelines.sampling.denoise`` (one compiled
+loop over the steps) with ``PriorDenoiser`` / ``KandinskyDenoiser``, the inputs laid out and the
+static arguments given as ``DiffusionPipeline.denoise`` does (``shipping_denoise``), compiled ahead
+(``lower().compile()``; the step count is traced, so the one-step warm-up runs the timed program);
+the decode is the jitted ``decode_movq``; the pipeline part calls ``KandinskyPriorPipeline`` and
+``KandinskyPipeline`` built from the same (module, params) pairs. diffusers runs the loop bodies of
+its ``KandinskyPriorPipeline`` and ``KandinskyPipeline`` (one warm-up step first), ``movq.decode``,
+and the two pipelines themselves. Per dtype, each side builds its models once (on first use), runs
+every part, and frees them before the other side builds its own. Torch runs on "cuda" when there is
+one (synchronised before every clock read), JAX on its default backend (``block_until_ready``).
+
+FLOPs per step come from jaxgen's compiled program (``cost_analysis``; XLA counts a loop body once,
+and the loop body is one step); the floor is those FLOPs at the best rate of a large matmul measured
+here (JAX's or PyTorch's, before and after each dtype's runs); "of matmul rate" is each side's
+achieved FLOP/s (those FLOPs over its time) as a fraction of that rate. On a GPU, JAX's default
+precision lets float32 matmuls and convolutions run in TF32, PyTorch's matmuls do not (its cuDNN
+convolutions do): the JSON records both settings. The JSON is rewritten after every measurement (a
+run killed by a timeout keeps what it measured); ``--time-budget`` skips, and records as skipped,
+what is left once it is spent (checked before each measurement). Progress lines go to stderr.
+
+On the H200 (a 10-minute limit for the whole run; expected 4-6 minutes, mostly XLA compiles and
+random weights on the host; the budget stops new measurements at 7 minutes):
+
+    python benchmarks/kandinsky.py --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky-h200.json
+
+On 2 CPU cores (AMD EPYC, no AVX-512): ``--tiny`` is the smoke test (~50 s); at real size ``--only
+prior,movq --steps 2 --dtypes float32`` (~4 min; the UNet at 512 px is 15-20 s per step there, and
+the whole pipeline holds ~14 GB per side in float32). PyTorch's bfloat16 on a CPU without bfloat16
+instructions runs at ~1 GFLOP/s (add ``--skip-torch`` for bfloat16 there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+CONFIGS = REPO / "tests" / "configs"
+DECODER_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1"
+PRIOR_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1-prior"
+PARTS = ("prior", "unet", "movq", "pipeline")
+UNITS = {"prior": "s/step", "unet": "s/step", "movq": "s/decode", "pipeline": "s/image"}
+TEXT_LEN = 77  # both Kandinsky 2.1 tokenizers pad to 77
+GUIDANCE = 4.0  # the default guidance scale of both pipelines
+PROMPT = "a photo of a cat"
+TOKENIZER_NOTE = ("tokenizers: tiny stand-ins built here (the Hub is unreachable); their ids are below the real "
+                  "vocab sizes and prompts are padded to 77 tokens, so the models do the real work")
+_START = time.perf_counter()
+_COMPILES: list[float] = []  # backend compile durations, from jax.monitoring
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def _read(path: Path) -> dict:
+    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """The architectures (config dicts, diffusers/transformers keys, by diffusers' component names;
+    the prior pipeline's text and image encoders as ``prior_text_encoder``, ``image_encoder``) and the
+    image size."""
+
+    label: str
+    configs: dict
+    resolution: int
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(h, w, C) of the decoder's latents (diffusers' ``get_new_h_w``)."""
+        from jaxgen.pipelines.kandinsky.common import latent_size
+
+        factor = 2 ** (len(self.configs["movq"]["block_out_channels"]) - 1)
+        return (*latent_size(self.resolution, self.resolution, factor), self.configs["unet"]["in_channels"])
+
+
+def real_setup(resolution: int) -> Setup:
+    configs = {
+        "prior": _read(PRIOR_DIR / "prior" / "config.json"),
+        "prior_text_encoder": _read(PRIOR_DIR / "text_encoder" / "config.json"),
+        "image_encoder": _read(PRIOR_DIR / "image_encoder" / "config.json"),
+        "prior_scheduler": _read(PRIOR_DIR / "scheduler" / "scheduler_config.json"),
+        "unet": _read(DECODER_DIR / "unet" / "config.json"),
+        "movq": _read(DECODER_DIR / "movq" / "config.json"),
+        "text_encoder": _read(DECODER_DIR / "text_encoder" / "config.json"),
+        "scheduler": _read(DECODER_DIR / "scheduler" / "scheduler_config.json"),
+    }
+    return Setup("Kandinsky 2.1, real configs (prior 1.0B, UNet 1.2B, MoVQ, M-CLIP, CLIP ViT-L text and vision)",
+                 configs, resolution)
+
+
+def tiny_setup(resolution: int) -> Setup:
+    """Tiny configs of the same architectures (a smoke test); the real schedulers."""
+    embed, text_width = 32, 24  # prior embedding = CLIP projection = UNet cross-attention; M-CLIP width
+    clip = dict(hidden_size=embed, projection_dim=embed, intermediate_size=37, num_attention_heads=4,
+                num_hidden_layers=2, hidden_act="quick_gelu")
+    configs = real_setup(resolution).configs
+    configs.update(
+        prior=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, embedding_dim=embed,
+                   num_embeddings=TEXT_LEN, additional_embeddings=4),
+        prior_text_encoder=dict(clip, vocab_size=64, max_position_embeddings=TEXT_LEN, eos_token_id=1, pad_token_id=1,
+                                bos_token_id=0),
+        image_encoder=dict(clip, image_size=32, patch_size=8),
+        unet=dict(sample_size=8, in_channels=4, out_channels=8, block_out_channels=[32, 64], layers_per_block=1,
+                  down_block_types=["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+                  up_block_types=["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+                  mid_block_type="UNetMidBlock2DSimpleCrossAttn", attention_head_dim=8, norm_num_groups=8,
+                  cross_attention_dim=embed, encoder_hid_dim=text_width, encoder_hid_dim_type="text_image_proj",
+                  addition_embed_type="text_image", resnet_time_scale_shift="scale_shift"),
+        movq=dict(in_channels=3, out_channels=3, block_out_channels=[32, 32, 64, 64], layers_per_block=1,
+                  latent_channels=4, down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+                  up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3, norm_num_groups=32,
+                  num_vq_embeddings=32, vq_embed_dim=4, norm_type="spatial"),
+        text_encoder=dict(vocab_size=64, hidden_size=text_width, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=37, max_position_embeddings=81, pad_token_id=1, type_vocab_size=1,
+                          layer_norm_eps=1e-5, transformerDimensions=text_width, numDims=embed),
+    )
+    return Setup("tiny configs of the same architectures (smoke test)", configs, resolution)
+
+
+def tokenizers(folder: Path) -> dict:
+    """{"clip": the prior's CLIP tokenizer, "xlmr": the decoder's XLM-RoBERTa tokenizer}: tests/conftest.py's
+    tiny ones where they can be built (pytest and sentencepiece installed), else letter-level stand-ins."""
+    env = {k: os.environ.get(k) for k in ("XLA_FLAGS", "JAXGEN_COMPILATION_CACHE")}
+    try:  # conftest sets these two with setdefault; jax has read its flags already, but keep them as they were
+        from tests.conftest import make_clip_tokenizer, make_xlm_roberta_tokenizer
+
+        return {"clip": make_clip_tokenizer(folder / "clip", max_length=TEXT_LEN),
+                "xlmr": make_xlm_roberta_tokenizer(folder / "xlmr"), "source": "tests/conftest.py"}
+    except Exception as e:  # noqa: BLE001 - pytest or sentencepiece missing, or training failed
+        log(f"tests.conftest's tokenizers unavailable ({type(e).__name__}: {e}): letter-level stand-ins")
+        return {**_fallback_tokenizers(folder), "source": "letter-level stand-ins"}
+    finally:
+        for name, value in env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _fallback_tokenizers(folder: Path) -> dict:
+    from transformers import CLIPTokenizer, XLMRobertaTokenizerFast
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["<|startoftext|>", "<|endoftext|>", *letters, *(c + "</w>" for c in letters)]
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    clip = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=TEXT_LEN)
+    pieces = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -3.0) for c in letters] + [("\u2581" + c, -3.5) for c in letters] + [("<mask>", 0.0)]
+    return {"clip": clip, "xlmr": XLMRobertaTokenizerFast(vocab=pieces, model_max_length=512)}
+
+
+def _random(shape: tuple, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _prompt_mask(tokens: int) -> np.ndarray:
+    """A (1, 77) int32 tokenizer mask with ``tokens`` real tokens."""
+    return (np.arange(TEXT_LEN) < tokens).astype(np.int32)[None]
+
+
+def _flops(compiled: Any) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - a backend without cost analysis
+        return None
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _record_compile(event: str, duration: float, **kwargs: Any) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(duration)
+
+
+# ----------------------------------------------------------------------------- jaxgen
+
+
+def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state: Any, cond: Any, key: Any,
+                     steps: int) -> tuple[tuple, dict]:
+    """``sampling.denoise``'s arguments as ``DiffusionPipeline.denoise`` passes them with guidance on, the
+    progress bar disabled and no callback: ``(args, static keywords)``."""
+    import jax.numpy as jnp
+
+    from jaxgen import sharding
+    from jaxgen.pipelines import sampling
+
+    scheduler = pipe.scheduler
+    args = (denoiser, scheduler, params, latents, state, cond, jnp.float32(GUIDANCE), key, jnp.int32(steps))
+    eta = 0.0 if sampling.accepts(scheduler.step, "eta") else None
+    return args, dict(guidance=sampling.ClassifierFreeGuidance(), post_step=None, eta=eta, show_progress=False,
+                      callback=None, callback_steps=1, batch_sharding=sharding.batch_sharding(pipe.mesh))
+
+
+class JaxSide:
+    """jaxgen's half of one dtype: each model built once, on first use, then the measurements."""
+
+    name = "jaxgen"
+
+    def __init__(self, setup: Setup, dtype_name: str, steps: int) -> None:
+        import jax.numpy as jnp
+
+        self.setup, self.dtype_name, self.dtype, self.steps = setup, dtype_name, jnp.dtype(dtype_name), steps
+        self.models: dict[str, tuple] = {}
+        self.tokenizers: dict | None = None
+
+    def model(self, name: str) -> tuple:
+        """(module, params) of a component, random, in this side's dtype."""
+        import jax
+
+        from jaxgen.models.prior_transformer import PriorTransformer
+        from jaxgen.models.unet_2d_condition import UNet2DConditionModel
+        from jaxgen.models.vq_model import VQModel
+        from jaxgen.text.clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+        from jaxgen.text.multilingual_clip import MultilingualCLIP
+        from random_weights import jax_random_params
+
+        classes = {"prior": PriorTransformer, "unet": UNet2DConditionModel, "movq": VQModel,
+                   "text_encoder": MultilingualCLIP, "prior_text_encoder": CLIPTextModelWithProjection,
+                   "image_encoder": CLIPVisionModelWithProjection}
+        if name not in self.models:
+            start = time.perf_counter()
+            module = classes[name].from_config(self.setup.configs[name], dtype=self.dtype)
+            params = jax.block_until_ready(jax_random_params(module, self.dtype))
+            size = sum(x.size for x in jax.tree_util.tree_leaves(params))
+            log(f"jaxgen {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
+            self.models[name] = (module, params)
+        return self.models[name]
+
+    def prior_pipe(self, full: bool = False) -> Any:
+        from jaxgen.pipelines.kandinsky import KandinskyPriorPipeline
+        from jaxgen.schedulers.unclip import UnCLIPScheduler
+
+        parts = {"prior": self.model("prior"), "scheduler": UnCLIPScheduler.from_config(self.setup.configs["prior_scheduler"])}
+        if full:
+            parts.update(text_encoder=self.model("prior_text_encoder"), image_encoder=self.model("image_encoder"),
+                         tokenizer=self.tokenizers["clip"])
+        pipe = KandinskyPriorPipeline(**parts)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def decoder_pipe(self, parts: tuple[str, ...]) -> Any:
+        from jaxgen.pipelines.kandinsky import KandinskyPipeline
+        from jaxgen.schedulers.ddim import DDIMScheduler
+
+        components = {name: self.model(name) for name in parts}
+        if "text_encoder" in parts:
+            components["tokenizer"] = self.tokenizers["xlmr"]
+        pipe = KandinskyPipeline(scheduler=DDIMScheduler.from_config(self.setup.configs["scheduler"]), **components)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _time_loop(self, pipe: Any, args: tuple, options: dict) -> dict:
+        """Compile ``sampling.denoise`` ahead, warm up with one step, time ``self.steps`` steps."""
+        import jax
+        import jax.numpy as jnp
+
+        from jaxgen.pipelines import sampling
+
+        with pipe._mesh_context():
+            start = time.perf_counter()
+            lowered = sampling.denoise.lower(*args, **options)
+            compiled = lowered.compile()
+            compile_s = time.perf_counter() - start
+            dynamic = args[2:8]
+            compiled(*dynamic, jnp.int32(1)).block_until_ready()
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*dynamic, jnp.int32(self.steps)))
+            seconds = (time.perf_counter() - start) / self.steps
+        return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered)}
+
+    def prior(self) -> dict:
+        """One guided prior step, inputs as ``KandinskyPriorPipeline.sample_embeds`` lays them out for one image."""
+        import jax
+
+        from jaxgen.pipelines.kandinsky.prior import PriorDenoiser
+        from jaxgen.pipelines.pipeline_utils import as_key
+
+        pipe = self.prior_pipe()
+        module, params = self.model("prior")
+        dim, dtype = module.config.embedding_dim, module.dtype
+        state = pipe.prepare_timesteps(max(self.steps, 2), None, None, (1, dim))
+        latents = pipe.shard_rows(_random((1, dim), 1) * pipe.scheduler.init_noise_sigma, 1)
+        cond = {"proj_embedding": pipe.guidance_rows(_random((1, dim), 2), _random((1, dim), 3), 1, dtype),
+                "encoder_hidden_states": pipe.guidance_rows(_random((1, TEXT_LEN, dim), 4),
+                                                            _random((1, TEXT_LEN, dim), 5), 1, dtype),
+                "attention_mask": pipe.guidance_rows(_prompt_mask(7), _prompt_mask(2), 1)}
+        key = jax.random.split(as_key(0))[1]
+        return self._time_loop(pipe, *shipping_denoise(pipe, PriorDenoiser(module), params, latents, state, cond,
+                                                       key, self.steps))
+
+    def unet(self) -> dict:
+        """One guided decoder step, inputs as ``KandinskyDecoderBase.sample`` lays them out for one image."""
+        import jax
+
+        from jaxgen.pipelines.kandinsky.common import KandinskyDenoiser
+        from jaxgen.pipelines.pipeline_utils import as_key
+
+        pipe = self.decoder_pipe(("unet",))
+        module, params = self.model("unet")
+        cfg, dtype = self.setup.configs, module.dtype
+        shape = (1, *self.setup.latent_shape)
+        state = pipe.prepare_timesteps(self.steps, None, None, shape)
+        latents = pipe.shard_rows(_random(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
+        pair = lambda shape, seed: pipe.guidance_rows(_random(shape, seed), _random(shape, seed + 1), 1, dtype)
+        cond = {"encoder_hidden_states": pair((1, TEXT_LEN, cfg["unet"]["encoder_hid_dim"]), 2),
+                "text_embeds": pair((1, cfg["text_encoder"]["numDims"]), 4),
+                "image_embeds": pair((1, cfg["unet"]["cross_attention_dim"]), 6)}
+        key = jax.random.split(as_key(0))[1]
+        denoiser = KandinskyDenoiser(module, pipe.latent_channels)
+        return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, key, self.steps))
+
+    def movq(self) -> dict:
+        """``decode_movq`` (what ``KandinskyDecoderBase.decode_latents`` runs), compiled ahead."""
+        import jax
+
+        from jaxgen.pipelines.kandinsky.common import decode_movq
+
+        pipe = self.decoder_pipe(("movq",))
+        module, params = self.model("movq")
+        latents = pipe.shard_rows(_random((1, *self.setup.latent_shape), 1), 1)
+        with pipe._mesh_context():
+            start = time.perf_counter()
+            lowered = decode_movq.lower(module, params, latents)
+            compiled = lowered.compile()
+            compile_s = time.perf_counter() - start
+            compiled(params, latents).block_until_ready()
+            reps = _decode_reps(self.steps)
+            start = time.perf_counter()
+            for _ in range(reps):
+                out = compiled(params, latents)
+            jax.block_until_ready(out)
+            seconds = (time.perf_counter() - start) / reps
+        return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered),
+                "output_shape": list(out.shape)}
+
+    def pipeline(self, prior_steps: int, decoder_steps: int) -> dict:
+        """``KandinskyPriorPipeline`` then ``KandinskyPipeline``, one image; the second call timed."""
+        prior = self.prior_pipe(full=True)
+        decoder = self.decoder_pipe(("text_encoder", "unet", "movq"))
+
+        def call() -> np.ndarray:
+            embeds = prior(PROMPT, num_inference_steps=prior_steps, guidance_scale=GUIDANCE, rng=0)
+            return decoder(PROMPT, embeds.image_embeds, embeds.negative_image_embeds, height=self.setup.resolution,
+                           width=self.setup.resolution, num_inference_steps=decoder_steps, guidance_scale=GUIDANCE,
+                           rng=0, output_type="np").images
+
+        return _time_pipeline(call, lambda: None)
+
+    def close(self) -> None:
+        self.models.clear()
+        gc.collect()
+
+
+def _decode_reps(steps: int) -> int:
+    """Decodes timed: ``steps``, at most 3 on a CPU (seconds each there at 512 px)."""
+    import jax
+
+    return max(1, min(3, steps) if jax.default_backend() == "cpu" else steps)
+
+
+def _time_pipeline(call: Callable[[], np.ndarray], sync: Callable[[], None]) -> dict:
+    """The first call (compiles; XLA compiles counted) and the second (timed) of a whole-pipeline call."""
+    compiles = len(_COMPILES)
+    start = time.perf_counter()
+    images = call()
+    sync()
+    first = time.perf_counter() - start
+    new = _COMPILES[compiles:]
+    start = time.perf_counter()
+    images = call()
+    sync()
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "first_call_s": first, "first_call_programs_compiled": len(new),
+            "first_call_compile_s": sum(new), "first_call_longest_compiles_s": sorted(new)[::-1][:4],
+            "output_shape": list(np.shape(images)),
+            "output_finite": bool(np.isfinite(np.asarray(images, np.float32)).all())}
+
+
+# ----------------------------------------------------------------------------- diffusers
+
+
+class TorchSide:
+    """diffusers' half of one dtype, on "cuda" when there is one: each model built once, then the measurements."""
+
+    name = "diffusers"
+
+    def __init__(self, setup: Setup, dtype_name: str, steps: int) -> None:
+        import diffusers
+        import torch
+        import transformers
+
+        diffusers.utils.logging.set_verbosity_error()  # "modules that should be kept in float32: []" after .to(dtype)
+        transformers.utils.logging.set_verbosity_error()
+        self.setup, self.dtype_name, self.steps = setup, dtype_name, steps
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.models: dict[str, Any] = {}
+        self.tokenizers: dict | None = None
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def model(self, name: str) -> Any:
+        import diffusers
+        import transformers
+        from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
+
+        from random_weights import torch_random_module
+
+        cfg = self.setup.configs[name]
+        mclip = lambda: MultilingualCLIP(MCLIPConfig(
+            transformerDimSize=cfg["transformerDimensions"], imageDimSize=cfg["numDims"],
+            **{k: v for k, v in cfg.items() if k not in ("transformerDimensions", "numDims", "architectures", "model_type")}))
+        builders = {
+            "prior": lambda: diffusers.PriorTransformer.from_config(cfg),
+            "unet": lambda: diffusers.UNet2DConditionModel.from_config(cfg),
+            "movq": lambda: diffusers.VQModel.from_config(cfg),
+            "text_encoder": mclip,
+            "prior_text_encoder": lambda: transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig.from_dict(cfg)),
+            "image_encoder": lambda: transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig.from_dict(cfg)),
+        }
+        if name not in self.models:
+            start = time.perf_counter()
+            self.models[name] = torch_random_module(builders[name], self.dtype, self.device)
+            size = sum(p.numel() for p in self.models[name].parameters())
+            log(f"diffusers {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
+        return self.models[name]
+
+    def _tensor(self, shape: tuple, seed: int) -> Any:
+        import torch
+
+        return torch.from_numpy(_random(shape, seed)).to(self.device, self.dtype)
+
+    def _time_steps(self, loop: Callable[[int], Any]) -> dict:
+        """``loop(limit)`` runs the first ``limit`` steps of a ``self.steps``-step schedule: one to warm up, then all."""
+        loop(1)
+        self.sync()
+        start = time.perf_counter()
+        loop(self.steps)
+        self.sync()
+        return {"seconds": (time.perf_counter() - start) / self.steps}
+
+    def prior(self) -> dict:
+        """The loop body of ``KandinskyPriorPipeline.__call__`` for one image with guidance."""
+        import diffusers
+        import torch
+
+        prior = self.model("prior")
+        scheduler = diffusers.UnCLIPScheduler.from_config(self.setup.configs["prior_scheduler"])
+        dim = self.setup.configs["prior"]["embedding_dim"]
+        embeds = torch.cat([self._tensor((1, dim), 3), self._tensor((1, dim), 2)])  # [negative; positive]
+        hidden = torch.cat([self._tensor((1, TEXT_LEN, dim), 5), self._tensor((1, TEXT_LEN, dim), 4)])
+        mask = torch.from_numpy(np.concatenate([_prompt_mask(2), _prompt_mask(7)])).bool().to(self.device)
+        start_latents = self._tensor((1, dim), 1) * scheduler.init_noise_sigma
+        generator = torch.Generator(self.device).manual_seed(0)
+
+        @torch.no_grad()
+        def loop(limit: int) -> Any:
+            scheduler.set_timesteps(max(self.steps, 2), device=self.device)
+            timesteps = scheduler.timesteps
+            latents = start_latents
+            for i, t in enumerate(timesteps[:limit]):
+                predicted = prior(torch.cat([latents] * 2), timestep=t, proj_embedding=embeds,
+                                  encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+                uncond, text = predicted.chunk(2)
+                predicted = uncond + GUIDANCE * (text - uncond)
+                prev = None if i + 1 == timesteps.shape[0] else timesteps[i + 1]
+                latents = scheduler.step(predicted, timestep=t, sample=latents, generator=generator,
+                                         prev_timestep=prev).prev_sample
+            return latents
+
+        return self._time_steps(loop)
+
+    def unet(self) -> dict:
+        """The loop body of ``KandinskyPipeline.__call__`` for one image with guidance."""
+        import diffusers
+        import torch
+
+        unet = self.model("unet")
+        scheduler = diffusers.DDIMScheduler.from_config(self.setup.configs["scheduler"])
+        cfg = self.setup.configs
+        h, w, c = self.setup.latent_shape
+        pair = lambda shape, seed: torch.cat([self._tensor(shape, seed + 1), self._tensor(shape, seed)])
+        hidden = pair((1, TEXT_LEN, cfg["unet"]["encoder_hid_dim"]), 2)
+        added = {"text_embeds": pair((1, cfg["text_encoder"]["numDims"]), 4),
+                 "image_embeds": pair((1, cfg["unet"]["cross_attention_dim"]), 6)}
+        start_latents = self._tensor((1, c, h, w), 1) * scheduler.init_noise_sigma
+        learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+        generator = torch.Generator(self.device).manual_seed(0)
+
+        @torch.no_grad()
+        def loop(limit: int) -> Any:
+            scheduler.set_timesteps(self.steps, device=self.device)
+            latents = start_latents
+            for t in scheduler.timesteps[:limit]:
+                out = unet(sample=torch.cat([latents] * 2), timestep=t, encoder_hidden_states=hidden,
+                           added_cond_kwargs=added, return_dict=False)[0]
+                noise, variance = out.split(latents.shape[1], dim=1)
+                uncond, text = noise.chunk(2)
+                _, variance_text = variance.chunk(2)
+                out = torch.cat([uncond + GUIDANCE * (text - uncond), variance_text], dim=1)
+                if not learned:
+                    out, _ = out.split(latents.shape[1], dim=1)
+                latents = scheduler.step(out, t, latents, generator=generator).prev_sample
+            return latents
+
+        return self._time_steps(loop)
+
+    def movq(self) -> dict:
+        """``movq.decode(latents, force_not_quantize=True)``, as ``KandinskyPipeline`` decodes."""
+        import torch
+
+        movq = self.model("movq")
+        h, w, c = self.setup.latent_shape
+        latents = self._tensor((1, c, h, w), 1)
+        with torch.no_grad():
+            movq.decode(latents, force_not_quantize=True)
+            self.sync()
+            reps = _decode_reps(self.steps)
+            start = time.perf_counter()
+            for _ in range(reps):
+                out = movq.decode(latents, force_not_quantize=True)["sample"]
+            self.sync()
+        return {"seconds": (time.perf_counter() - start) / reps, "output_shape": list(out.shape)}
+
+    def pipeline(self, prior_steps: int, decoder_steps: int) -> dict:
+        """diffusers' ``KandinskyPriorPipeline`` then ``KandinskyPipeline``, one image; the second call timed."""
+        import diffusers
+        import torch
+
+        cfg = self.setup.configs
+        prior = diffusers.KandinskyPriorPipeline(
+            prior=self.model("prior"), image_encoder=self.model("image_encoder"), text_encoder=self.model("prior_text_encoder"),
+            tokenizer=self.tokenizers["clip"], scheduler=diffusers.UnCLIPScheduler.from_config(cfg["prior_scheduler"]),
+            image_processor=None)
+        decoder = diffusers.KandinskyPipeline(
+            text_encoder=self.model("text_encoder"), tokenizer=self.tokenizers["xlmr"], unet=self.model("unet"),
+            scheduler=diffusers.DDIMScheduler.from_config(cfg["scheduler"]), movq=self.model("movq"))
+        for pipe in (prior, decoder):
+            pipe.set_progress_bar_config(disable=True)
+
+        def call() -> np.ndarray:
+            generator = torch.Generator(self.device).manual_seed(0)
+            embeds = prior(PROMPT, num_inference_steps=prior_steps, guidance_scale=GUIDANCE, generator=generator)
+            return decoder(PROMPT, embeds.image_embeds, embeds.negative_image_embeds, height=self.setup.resolution,
+                           width=self.setup.resolution, num_inference_steps=decoder_steps, guidance_scale=GUIDANCE,
+                           generator=generator, output_type="np").images
+
+        return _time_pipeline(call, self.sync)
+
+    def close(self) -> None:
+        import torch
+
+        self.models.clear()
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Recorder:
+    """Collects the measurements, rewrites the JSON after each, and keeps the time budget."""
+
+    def __init__(self, path: Path | None, meta: dict, budget: float | None) -> None:
+        self.path, self.meta, self.budget = path, meta, budget
+        self.rates: dict[str, dict] = {}
+        self.measurements: list[dict] = []
+
+    def over_budget(self) -> bool:
+        return self.budget is not None and time.perf_counter() - _START > self.budget
+
+    def add(self, part: str, dtype: str, side: str, result: dict) -> None:
+        self.measurements.append({"part": part, "dtype": dtype, "side": side, **result})
+        self.flush()
+
+    def rows(self) -> list[dict]:
+        """One row per (part, dtype): both sides, the FLOPs (jaxgen's compiled program), the floor."""
+        rows: dict[tuple, dict] = {}
+        for m in self.measurements:
+            row = rows.setdefault((m["part"], m["dtype"]), {"part": m["part"], "dtype": m["dtype"], "unit": UNITS[m["part"]]})
+            row[m["side"]] = {k: v for k, v in m.items() if k not in ("part", "dtype", "side")}
+        for row in rows.values():
+            ours, rate = row.get("jaxgen") or {}, self.rates.get(row["dtype"], {}).get("best")
+            flops = ours.get("flops")
+            if flops and rate:
+                row.update(flops=flops, matmul_flops_per_s=rate, floor_s=flops / rate)
+                for side in ("jaxgen", "diffusers"):
+                    seconds = (row.get(side) or {}).get("seconds")
+                    if seconds:
+                        row[side]["fraction_of_matmul_rate"] = flops / seconds / rate
+        return list(rows.values())
+
+    def flush(self) -> None:
+        if self.path is not None:
+            data = {**self.meta, "elapsed_s": time.perf_counter() - _START, "matmul_rates": self.rates,
+                    "rows": self.rows(), "measurements": self.measurements}
+            self.path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def matmul_rates(dtype: str, earlier: dict | None = None) -> dict:
+    """FLOP/s of a large matmul in JAX and in PyTorch (8192 on a GPU, 2048 on a CPU); "best": the highest
+    of these and of ``earlier`` (the same dtype measured before: on a shared machine the load varies)."""
+    import jax
+
+    from pixart import matmul_rate, torch_matmul_rate
+
+    cpu = jax.default_backend() == "cpu"
+    size = 2048 if cpu else 8192
+    # PyTorch's bfloat16 matmul on a CPU without bfloat16 instructions takes a minute at 2048: probe first
+    probe = torch_matmul_rate(dtype, 256) if cpu else None
+    torch_rate = probe if probe and 2 * size**3 / probe > 10.0 else torch_matmul_rate(dtype, size)
+    out = {"size": size, "jax": matmul_rate(dtype, size), "torch": torch_rate}
+    log(f"matmul {dtype} {size}: jax {out['jax'] / 1e9:.1f}, torch {out['torch'] / 1e9:.1f} GFLOP/s")
+    out["best"] = max(out["jax"], out["torch"], (earlier or {}).get("best", 0.0))
+    out["measurements"] = (earlier or {}).get("measurements", []) + [{"jax": out["jax"], "torch": out["torch"]}]
+    return out
+
+
+def run_side(side: Any, parts: list[str], pipeline_steps: tuple[int, int], recorder: Recorder) -> None:
+    """Every part on one side, in order; an error or the spent budget is recorded instead of a result."""
+    try:
+        for part in parts:
+            if recorder.over_budget():
+                log(f"{side.name} {side.dtype_name} {part}: skipped (time budget spent)")
+                recorder.add(part, side.dtype_name, side.name, {"skipped": "time budget spent"})
+                continue
+            log(f"{side.name} {side.dtype_name} {part}: start")
+            try:
+                method = getattr(side, part)
+                result = method(*pipeline_steps) if part == "pipeline" else method()
+            except Exception as e:  # noqa: BLE001 - one part failing (e.g. out of memory) must not lose the rest
+                log(f"{side.name} {side.dtype_name} {part}: FAILED\n{traceback.format_exc()}")
+                result = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            if "seconds" in result:
+                extra = f", compile {result['compile_s']:.1f} s" if "compile_s" in result else ""
+                if "first_call_s" in result:
+                    extra = (f", first call {result['first_call_s']:.1f} s ({result['first_call_programs_compiled']} "
+                             f"XLA programs compiled, {result['first_call_compile_s']:.1f} s)")
+                log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {UNITS[part]}{extra}")
+            recorder.add(part, side.dtype_name, side.name, result)
+    finally:
+        side.close()
+
+
+def _flops_check(rows: list[dict]) -> None:
+    """Warn where the compiled program's FLOP count is far from the lowered (unoptimised) one's: custom
+    calls (cuDNN attention, cuBLAS) may go uncounted on a GPU."""
+    for row in rows:
+        ours = row.get("jaxgen") or {}
+        a, b = ours.get("flops"), ours.get("flops_lowered")
+        if a and b and abs(a - b) > 0.1 * max(a, b):
+            log(f"note: {row['part']} {row['dtype']}: compiled program {a / 1e9:.1f} GFLOP, lowered {b / 1e9:.1f} GFLOP")
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _seconds(side: dict | None) -> str:
+    if not side:
+        return "-"
+    if "seconds" in side:
+        return f"{side['seconds']:.4g}"
+    return "skipped" if "skipped" in side else "error"
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| part | dtype | unit | jaxgen | diffusers | speed-up | jaxgen compile s | GFLOP | best matmul GFLOP/s "
+          "| floor | jaxgen / floor | of matmul rate (jaxgen / diffusers) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ours, ref = r.get("jaxgen") or {}, r.get("diffusers") or {}
+        speedup = f"{ref['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in ref else "-"
+        compile_s = ours.get("compile_s", ours.get("first_call_s"))
+        compile_note = "" if "compile_s" in ours or compile_s is None else " (first call)"
+        floor = r.get("floor_s")
+        ratio = f"{ours['seconds'] / floor:.2f}" if floor and "seconds" in ours else "-"
+        fraction = lambda side: _fmt(side.get("fraction_of_matmul_rate"), ".0%")
+        print(f"| {r['part']} | {r['dtype']} | {r['unit']} | {_seconds(r.get('jaxgen'))} | {_seconds(r.get('diffusers'))} "
+              f"| {speedup} | {_fmt(compile_s, '.1f')}{compile_note} | {_fmt(r.get('flops') and r['flops'] / 1e9, '.1f')} "
+              f"| {_fmt(r.get('matmul_flops_per_s') and r['matmul_flops_per_s'] / 1e9, '.0f')} | {_fmt(floor, '.4g')} "
+              f"| {ratio} | {fraction(ours)} / {fraction(ref)} |")
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, of {','.join(PARTS)}")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
+    parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default "
+                        "10, 3 with --tiny); the schedules have this many steps; decodes timed: as many (at most 3 on "
+                        "a CPU)")
+    parser.add_argument("--pipeline-steps", default=None, help="PRIOR,DECODER steps of the pipeline part (default: "
+                        "--steps for both, so that it reuses the step parts' compiled loops: the schedule length is "
+                        "part of the program)")
+    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 512; 64 with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
+    parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
+                        "torch's own; 1 helps on a machine other processes load: OpenMP's spinning threads starve)")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds since start after which the "
+                        "remaining measurements are skipped (and recorded as skipped)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    args.only = [p for p in args.only.split(",") if p]
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    if unknown := set(args.only) - set(PARTS) or set(args.dtypes) - {"float32", "bfloat16"}:
+        parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
+    args.resolution = args.resolution or (64 if args.tiny else 512)
+    args.steps = args.steps or (3 if args.tiny else 10)
+    steps = args.pipeline_steps.split(",") if args.pipeline_steps else [args.steps, args.steps]
+    args.pipeline_steps = tuple(int(s) for s in steps)
+    return args
+
+
+def _meta(args: argparse.Namespace, setup: Setup, tokenizer_source: str) -> dict:
+    import diffusers
+    import jax
+    import torch
+
+    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
+    host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "setup": setup.label, "resolution": setup.resolution, "latent_shape": list(setup.latent_shape),
+        "configs": setup.configs, "parts": args.only, "dtypes": args.dtypes, "steps_timed": args.steps,
+        "pipeline_steps": {"prior": args.pipeline_steps[0], "decoder": args.pipeline_steps[1]},
+        "guidance_scale": GUIDANCE, "cfg_rows": 2, "jax_device": device, "torch_device": torch_device, "host": host,
+        "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
+        "xla_flags": os.environ.get("XLA_FLAGS", ""), "tokenizers": f"{TOKENIZER_NOTE} ({tokenizer_source})",
+        "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "load_average_start": os.getloadavg()[0],
+    }
+
+
+def main() -> None:
+    args = _parse()
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with PyTorch
+    os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")  # compile times from scratch, every run
+    import tempfile
+
+    import jax
+
+    jax.devices()  # backends start with the flags above, before tests.conftest is imported
+    jax.monitoring.register_event_duration_secs_listener(_record_compile)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    setup = (tiny_setup if args.tiny else real_setup)(args.resolution)
+    with tempfile.TemporaryDirectory() as folder:
+        toks = tokenizers(Path(folder))
+        recorder = Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget)
+        log(f"{setup.label}, {args.resolution}px, latents {setup.latent_shape}; parts {args.only}; dtypes {args.dtypes}")
+        for dtype in args.dtypes:
+            recorder.rates[dtype] = matmul_rates(dtype)
+            sides = [JaxSide] + ([] if args.skip_torch else [TorchSide])
+            for side_class in sides:
+                side = side_class(setup, dtype, args.steps)
+                side.tokenizers = toks
+                run_side(side, args.only, args.pipeline_steps, recorder)
+            recorder.rates[dtype] = matmul_rates(dtype, recorder.rates[dtype])  # again: the best of both
+            recorder.flush()
+    rows = recorder.rows()
+    _flops_check(rows)
+    meta = recorder.meta
+    meta["load_average_end"] = os.getloadavg()[0]
+    pipeline = (f"; pipeline {args.pipeline_steps[0]} prior + {args.pipeline_steps[1]} decoder steps"
+                if "pipeline" in args.only else "")
+    print(f"\n{meta['setup']}; {args.resolution}x{args.resolution}, latents {tuple(setup.latent_shape)}, guidance "
+          f"{GUIDANCE} (2 rows per image); {args.steps} steps timed{pipeline}; jax {meta['jax_device']}, torch "
+          f"{meta['torch_device']}; host "
+          f"{meta['host']}; jax {meta['versions']['jax']}, torch {meta['versions']['torch']}, diffusers "
+          f"{meta['versions']['diffusers']}; {meta['tokenizers']}; 1-min load average {meta['load_average_start']:.1f} at "
+          f"the start, {meta['load_average_end']:.1f} at the end; whole run {time.perf_counter() - _START:.0f} s\n")
+    print_table(rows)
+    recorder.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""What the Kandinsky decoders share (2.1 here; 2.2 and 3 reuse the MoVQ and UNet parts): the UNet
+adapter with Kandinsky's image-embedding conditioning, the MoVQ's encode and decode, the latent size
+rule, the image-embedding checks, and 2.1's prompt encoding (M-CLIP).
+
+The decoder pipelines themselves (text-to-image, image-to-image, inpainting) are in ``decoder.py``;
+the prior in ``prior.py``; prior + decoder in ``combined.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import PIL.Image
+
+from jaxgen import sharding
+from jaxgen.image_processing import preprocess
+from jaxgen.models.unet_2d_condition import UNet2DConditionModel
+from jaxgen.models.vq_model import VQModel
+from jaxgen.pipelines import checks
+from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, unbind
+from jaxgen.pipelines.sampling import Denoiser
+from jaxgen.text.multilingual_clip import MultilingualCLIP
+
+__all__ = [
+    "KandinskyDenoiser", "KandinskyDecoderBase", "decode_movq", "encode_movq", "latent_size", "image_embeds_rows",
+    "MAX_LENGTH",
+]
+
+MAX_LENGTH = 77  # diffusers' Kandinsky 2.1 tokenizes to 77 tokens
+
+
+@dataclasses.dataclass(frozen=True)
+class KandinskyDenoiser(Denoiser):
+    """A Kandinsky UNet as ``sampling.denoise`` calls it: (N, h, w, C) latents -> epsilon then the
+    learned variance on the last axis. cond: ``encoder_hidden_states`` (2.1's text; absent for 2.2),
+    ``text_embeds`` / ``image_embeds`` / ``hint`` (the UNet's ``added_cond_kwargs``), and
+    ``extra_channels`` (inpainting's masked image and mask), each (N, ...)."""
+
+    unet: Any
+    latent_channels: int
+
+    def predict(self, params: Any, model_input: jax.Array, timestep: jax.Array, cond: Any) -> jax.Array:
+        added = {k: cond[k] for k in ("text_embeds", "image_embeds", "hint") if k in cond}
+        sample = self.with_extra_channels(model_input, cond, self.unet.dtype)
+        return self.unet.apply({"params": params}, sample, timestep, cond.get("encoder_hidden_states"),
+                               added_cond_kwargs=added).sample
+
+    def learned_variance(self) -> bool:
+        return self.unet.config.out_channels == 2 * self.latent_channels
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def decode_movq(module: Any, params: Any, latents: jax.Array) -> jax.Array:
+    """MoVQ decode of latents (B, h, w, C), not quantized (as every Kandinsky pipeline decodes) -> images
+    (B, f*h, f*w, 3) in about [-1, 1], float32. Kandinsky's latents are not scaled."""
+    out = module.apply({"params": params}, latents.astype(module.dtype), force_not_quantize=True, method="decode")
+    return out.sample.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
+def encode_movq(module: Any, params: Any, images: jax.Array) -> jax.Array:
+    """MoVQ encode of images (B, H, W, 3) in [-1, 1] -> latents (B, H/f, W/f, C) before quantization, float32."""
+    out = module.apply({"params": params}, images.astype(module.dtype), method="encode")
+    return out.latents.astype(jnp.float32)
+
+
+def latent_size(height: int, width: int, scale_factor: int) -> tuple[int, int]:
+    """diffusers' ``get_new_h_w``: the latents' size for an image of ``height`` x ``width``: each side
+    rounded up to a multiple of ``scale_factor ** 2`` pixels, divided by ``scale_factor`` (the MoVQ's
+    factor; the UNet halves the latents ``scale_factor``-fold too)."""
+    up = lambda n: -(-n // scale_factor**2) * scale_factor
+    return up(height), up(width)
+
+
+def _as_rows(value: Any, name: str) -> np.ndarray:
+    """An embeddings argument (an array, or a list of arrays concatenated) -> float32 (N, D)."""
+    if value is None:
+        raise ValueError(f"`{name}` must be given: the prior's output (`KandinskyPriorPipeline`)")
+    parts = value if isinstance(value, (list, tuple)) else [value]
+    arrays = [np.asarray(sharding.gather_rows(x) if isinstance(x, jax.Array) else x, np.float32) for x in parts]
+    arrays = [a[None] if a.ndim == 1 else a for a in arrays]
+    if any(a.ndim != 2 for a in arrays):
+        raise ValueError(f"`{name}` must be (batch, width) image embeddings, got shape {arrays[0].shape}")
+    return np.concatenate(arrays, axis=0)
+
+
+def image_embeds_rows(image_embeds: Any, negative_image_embeds: Any, *, width: int, batch: Batch,
+                      guided: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image embeddings of a decoder call, checked and repeated per image: ``(image_embeds,
+    negative_image_embeds or None without guidance)``, each (batch.total, width).
+
+    Each must have one row per prompt (the prior's output for these prompts) and ``width`` columns
+    (the UNet's image-embedding width); ValueError naming the argument otherwise.
+    """
+    out = []
+    for name, value in (("image_embeds", image_embeds), ("negative_image_embeds", negative_image_embeds)):
+        rows = _as_rows(value, name)
+        if rows.shape[1] != width:
+            raise ValueError(f"`{name}` has width {rows.shape[1]}, but the UNet takes image embeddings of width {width}")
+        if rows.shape[0] != batch.prompts:
+            raise ValueError(f"`{name}` has {rows.shape[0]} rows, expected one per prompt ({batch.prompts})")
+        out.append(np.repeat(rows, batch.per_prompt, axis=0))
+    return out[0], out[1] if guided else None
+
+
+_COMPONENTS = {
+    "text_encoder": ComponentSpec("model", MultilingualCLIP, ("MultilingualCLIP",), optional=True),
+    "tokenizer": ComponentSpec("tokenizer", optional=True),
+    "unet": ComponentSpec("model", UNet2DConditionModel, ("UNet2DConditionModel",)),
+    "scheduler": ComponentSpec("scheduler"),
+    "movq": ComponentSpec("model", VQModel, ("VQModel",), optional=True),
+}
+
+
+class KandinskyDecoderBase(DiffusionPipeline):
+    """What Kandinsky 2.1's three decoder pipelines share: components (diffusers' names: ``text_encoder``
+    (``MultilingualCLIP``), ``tokenizer`` (XLM-RoBERTa), ``unet``, ``scheduler`` (DDIM), ``movq``
+    (``VQModel``)), prompt encoding, the image embeddings, the MoVQ, and the sampling run."""
+
+    _components = _COMPONENTS
+
+    # -- the MoVQ ------------------------------------------------------------------------------
+
+    def _decoder_name(self) -> str:
+        return "movq"
+
+    @property
+    def movq_scale_factor(self) -> int:
+        """Pixels per latent pixel: 2 ** (MoVQ levels - 1) (8), as diffusers; 8 without a MoVQ."""
+        return 2 ** (len(self.movq.config.block_out_channels) - 1) if self.movq is not None else 8
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the UNet denoises: the MoVQ's (4), else the UNet's ``out_channels`` / 2."""
+        if self.movq is not None:
+            return self.movq.config.latent_channels
+        return self.unet.config.out_channels // 2
+
+    def decode_latents(self, latents: jax.Array) -> jax.Array:
+        """Latents on the mesh -> images in about [-1, 1]: the MoVQ decode (not quantized)."""
+        module, params = unbind(self.movq)
+        with self._mesh_context():
+            return decode_movq(module, params, latents)
+
+    def encode_images(self, images: np.ndarray) -> np.ndarray:
+        """Images (N, H, W, 3) in [-1, 1] -> MoVQ latents (N, H/f, W/f, C), rows split over the mesh."""
+        if self.movq is None:
+            raise ValueError("this pipeline was loaded without its `movq`, which encodes the input image")
+        module, params = unbind(self.movq)
+        rows = sharding.padded_size(images.shape[0], self.mesh)
+        with self._mesh_context():
+            latents = encode_movq(module, params, self.shard_rows(images.astype(np.dtype(module.dtype)), rows))
+        return np.asarray(sharding.gather_rows(latents, images.shape[0]), np.float32)
+
+    def preprocess_image(self, image: Any, height: int, width: int, name: str = "image") -> np.ndarray:
+        """An image argument -> float32 (N, height, width, 3) in [-1, 1]: PIL images resized to ``width`` x
+        ``height`` (bicubic, as diffusers' Kandinsky); arrays (NHWC in [0, 1]) must be that size already."""
+        checks.image_batch_size(name, image)
+        pil = isinstance(image, PIL.Image.Image) or (isinstance(image, (list, tuple)) and image
+                                                     and isinstance(image[0], PIL.Image.Image))
+        if pil:
+            return preprocess(image, height, width, vae_scale_factor=1, resample="bicubic", reducing_gap=1,
+                              do_convert_rgb=True)
+        out = preprocess(image, do_resize=False)
+        if out.shape[1:3] != (height, width) or out.shape[-1] != 3:
+            raise ValueError(f"`{name}` arrays must be (N, height, width, 3) = (N, {height}, {width}, 3) (channels"
+                             f" last; PIL images are resized), got shape {out.shape}")
+        return out
+
+    # -- text and image embeddings -------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str | list[str], num_images_per_prompt: int, do_classifier_free_guidance: bool,
+                      negative_prompt: str | list[str] | None = None) -> tuple[tuple, tuple | None]:
+        """M-CLIP of the prompts and, with guidance, the negative prompts ("" for None), 77 tokens.
+
+        Returns ``((text_embeds (B*n, D), hidden_states (B*n, 77, H)), the negatives' pair or None)``,
+        each prompt's rows repeated ``num_images_per_prompt`` times (diffusers' ``_encode_prompt``).
+        """
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+
+        def encode(batch: list[str]) -> tuple[jax.Array, jax.Array]:
+            (embeds, hidden), _ = self.encode_texts(batch, MAX_LENGTH, outputs=("text_embeds", "last_hidden_state"),
+                                                    warn_truncation=True, encoder_name="CLIP")
+            return jnp.repeat(embeds, num_images_per_prompt, axis=0), jnp.repeat(hidden, num_images_per_prompt, axis=0)
+
+        positive = encode(texts)
+        if not do_classifier_free_guidance:
+            return positive, None
+        if negative_prompt is not None and type(prompt) is not type(negative_prompt):
+            raise TypeError(
+                f"`negative_prompt` should be the same type to `prompt`, but got {type(negative_prompt)} !="
+                f" {type(prompt)}."
+            )
+        return positive, encode(checks.negative_prompts(negative_prompt, prompt, len(texts)))
+
+    def image_embed_width(self) -> int:
+        """The width of the image embeddings the UNet takes (its ``add_embedding.image_proj`` input)."""
+        return int(unbind(self.unet)[1]["add_embedding"]["image_proj"]["kernel"].shape[0])
+
+    def begin(self, kwargs: dict, prompt: Any, image_embeds: Any, negative_image_embeds: Any, height: Any, width: Any,
+              *, num_images_per_prompt: Any, guidance_scale: Any, output_type: Any, num_inference_steps: Any,
+              images: dict[str, Any] | None = None) -> tuple[Batch, tuple]:
+        """The checks a decoder call starts with, before anything is encoded or compiled: the run options,
+        ``prompt`` (a string or a list, diffusers' message), the size (image inputs: multiples of 64),
+        ``images`` (name -> argument: one per prompt; ``mask_image`` one or one per prompt) and the image
+        embeddings. Returns the call's rows and ``image_embeds_rows``' (positive, negative or None)."""
+        self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
+                        output_type=output_type, num_inference_steps=num_inference_steps)
+        if not isinstance(prompt, (str, list)):
+            raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
+        if images:  # the MoVQ encodes them to latents the UNet must halve three times
+            checks.check_size(height, width, self.movq_scale_factor**2)
+        else:
+            checks.check_size(height, width)
+        batch = self.batch(prompt, None, num_images_per_prompt)
+        for name, value in (images or {}).items():
+            if name == "mask_image":
+                checks.check_mask_argument(value, batch.prompts)
+            else:
+                checks.check_image_argument(name, value, batch.prompts)
+        embeds = image_embeds_rows(image_embeds, negative_image_embeds, width=self.image_embed_width(), batch=batch,
+                                   guided=guidance_scale > 1.0)
+        return batch, embeds
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def sample(self, latents: Any, state: Any, text: tuple, image_embeds: tuple, guidance_scale: float,
+               key: jax.Array, batch: Batch, *, callback: Callable | None, callback_steps: int,
+               extra_channels: np.ndarray | None = None) -> jax.Array:
+        """The UNet in the shared loop. ``text``: ``encode_prompt``'s pair; ``image_embeds``: (positive,
+        negative or None); ``extra_channels`` (inpainting) the same for both guidance halves."""
+        module, params = unbind(self.unet)
+        (embeds, hidden), negative = text
+        guided = negative is not None
+        neg_embeds, neg_hidden = negative if guided else (None, None)
+        rows = lambda pos, neg: self.guidance_rows(pos, neg if guided else None, batch.rows, module.dtype)
+        cond = {"encoder_hidden_states": rows(hidden, neg_hidden), "text_embeds": rows(embeds, neg_embeds),
+                "image_embeds": rows(*image_embeds)}
+        if extra_channels is not None:
+            cond["extra_channels"] = rows(extra_channels, extra_channels)
+        denoiser = KandinskyDenoiser(module, self.latent_channels)
+        return self.denoise(denoiser, params, latents, state, cond, guidance_scale, key, batch, callback=callback,
+                            callback_steps=callback_steps)
+
+    def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
+        """``warmup``: zero image embeddings (and, for the image pipelines, a gray image and mask)."""
+        embeds = np.zeros((batch_size, self.image_embed_width()), np.float32)
+        out: dict[str, Any] = {"image_embeds": embeds, "negative_image_embeds": embeds}
+        takes = _parameters(self)
+        size = (height or 512, width or 512)
+        if "image" in takes:
+            out["image"] = np.full((batch_size, *size, 3), 0.5, np.float32)
+        if "mask_image" in takes:
+            out["mask_image"] = np.zeros((batch_size, *size), np.float32)
+        return out
+
+
+def _parameters(pipe: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(pipe.__call__).parameters)
