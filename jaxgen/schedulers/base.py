@@ -287,6 +287,24 @@ def predicted_noise(
 # Shared pieces of the step
 
 
+def split_learned_variance(model_output: jax.Array, sample: jax.Array,
+                           variance_type: str | None) -> tuple[jax.Array, jax.Array | None]:
+    """A model output -> (the prediction, the learned variance or None), channels last: for
+    ``variance_type`` "learned" / "learned_range" the output has 2C channels (prediction first),
+    otherwise it must be shaped like ``sample`` (ValueError naming the shapes otherwise)."""
+    channels = sample.shape[-1]
+    if variance_type in ("learned", "learned_range"):
+        if model_output.shape[-1] != 2 * channels:
+            raise ValueError(
+                f"variance_type {variance_type!r} needs a model output with twice the sample's channels (last"
+                f" axis): got {model_output.shape} for a sample of shape {sample.shape}"
+            )
+        return model_output[..., :channels], model_output[..., channels:]
+    if model_output.shape != sample.shape:
+        raise ValueError(f"model_output shape {model_output.shape} does not match sample shape {sample.shape}")
+    return model_output, None
+
+
 def threshold_sample(x0: jax.Array, ratio: float, max_value: float) -> jax.Array:
     """Dynamic thresholding (Saharia et al. 2022, Imagen sec. 2.3) of x0 (B, ...) over all non-batch dims.
 

@@ -18,6 +18,7 @@ from .base import (
     make_betas,
     predicted_original_sample,
     register_config,
+    split_learned_variance,
     threshold_sample,
 )
 
@@ -119,21 +120,6 @@ class DDPMScheduler(BaseScheduler):
             alphas_cumprod=jnp.asarray(self.alphas_cumprod),
         )
 
-    def _split_variance(self, model_output: jax.Array, sample: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """Split a learned-variance output (..., 2C) into mean part and variance part on the channel (last) axis."""
-        channels = sample.shape[-1]
-        learned = self.config["variance_type"] in ("learned", "learned_range")
-        if learned and model_output.shape[-1] == 2 * channels:
-            return model_output[..., :channels], model_output[..., channels:]
-        if learned:
-            raise ValueError(
-                f"variance_type {self.config['variance_type']!r} needs a model output with twice the sample's"
-                f" channels (last axis): got {model_output.shape} for a sample of shape {sample.shape}"
-            )
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {model_output.shape} does not match sample shape {sample.shape}")
-        return model_output, None
-
     def step(
         self,
         state: DDPMSchedulerState,
@@ -154,7 +140,7 @@ class DDPMScheduler(BaseScheduler):
         returns (prev_sample in sample.dtype, state with step_index + 1).
         """
         cfg = self.config
-        model_output, predicted_variance = self._split_variance(model_output, sample)
+        model_output, predicted_variance = split_learned_variance(model_output, sample, self.config["variance_type"])
         x_t = sample.astype(jnp.float32)
         out = model_output.astype(jnp.float32)
 

@@ -30,6 +30,7 @@ from .base import (
     draw_noise,
     predicted_original_sample,
     register_config,
+    split_learned_variance,
 )
 
 __all__ = ["UnCLIPScheduler", "UnCLIPSchedulerState"]
@@ -107,20 +108,6 @@ class UnCLIPScheduler(BaseScheduler):
         t = jnp.asarray(timestep, jnp.int32)
         return jnp.where(i + 1 < n, state.timesteps[jnp.minimum(i + 1, n - 1)], t - 1)
 
-    def _split_variance(self, model_output: jax.Array, sample: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """(..., 2C) -> mean part (..., C) and variance part (..., C) for learned_range (channels last)."""
-        channels = sample.shape[-1]
-        if self.config["variance_type"] == "learned_range":
-            if model_output.shape[-1] != 2 * channels:
-                raise ValueError(
-                    "variance_type 'learned_range' needs a model output with twice the sample's channels (last"
-                    f" axis): got {model_output.shape} for a sample of shape {sample.shape}"
-                )
-            return model_output[..., :channels], model_output[..., channels:]
-        if model_output.shape != sample.shape:
-            raise ValueError(f"model_output shape {model_output.shape} does not match sample shape {sample.shape}")
-        return model_output, None
-
     def step(
         self,
         state: UnCLIPSchedulerState,
@@ -141,7 +128,7 @@ class UnCLIPScheduler(BaseScheduler):
         t = 0, as diffusers. Float32 inside; returns (x_s in sample.dtype, state with step_index + 1).
         """
         cfg = self.config
-        model_output, predicted_variance = self._split_variance(model_output, sample)
+        model_output, predicted_variance = split_learned_variance(model_output, sample, cfg["variance_type"])
         x_t = sample.astype(jnp.float32)
         out = model_output.astype(jnp.float32)
 
