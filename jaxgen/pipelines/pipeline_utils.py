@@ -547,6 +547,10 @@ class DiffusionPipeline:
             self(**call)
         return time.perf_counter() - start
 
+    def call_parameters(self) -> set[str]:
+        """The argument names ``__call__`` takes (what ``warmup`` and the image placeholders ask of a pipeline)."""
+        return set(inspect.signature(self.__call__).parameters)
+
     def _can_encode_text(self) -> bool:
         return getattr(self, "tokenizer", None) is not None and getattr(self, "text_encoder", None) is not None
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 from typing import Any, Callable
 
@@ -257,7 +256,3 @@ class _IFPipelineBase(DiffusionPipeline):
                           np.float32)
         return {"prompt_embeds": embeds, "negative_prompt_embeds": embeds if guided else None}
 
-
-def _parameters(pipe: Any) -> set[str]:
-    """The argument names of ``pipe.__call__``."""
-    return set(inspect.signature(pipe.__call__).parameters)

@@ -7,7 +7,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxgen.pipelines import checks
-from jaxgen.pipelines.deepfloyd_if.common import _IFPipelineBase, _parameters, _split_rng
+from jaxgen.pipelines.deepfloyd_if.common import _IFPipelineBase, _split_rng
 from jaxgen.pipelines.outputs import IFPipelineOutput
 
 __all__ = ["IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"]
@@ -83,7 +83,7 @@ class _IFStageIImages(_IFPipelineBase):
     def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
         height, width = self._check_size(height, width)
         out = {"image": np.zeros((batch_size, height, width, 3), np.float32)}
-        if "mask_image" in _parameters(self):
+        if "mask_image" in self.call_parameters():
             out["mask_image"] = np.ones((batch_size, height, width, 1), np.float32)
         return out
 

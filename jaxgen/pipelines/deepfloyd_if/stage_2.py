@@ -14,7 +14,7 @@ import PIL.Image
 
 from jaxgen.image_processing import as_image_list, stack_image_arrays, to_signed_range
 from jaxgen.pipelines import checks, tasks
-from jaxgen.pipelines.deepfloyd_if.common import _COMPONENTS, _IFPipelineBase, _parameters, _split_rng, upscale_and_noise
+from jaxgen.pipelines.deepfloyd_if.common import _COMPONENTS, _IFPipelineBase, _split_rng, upscale_and_noise
 from jaxgen.pipelines.outputs import IFPipelineOutput
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec
 
@@ -85,7 +85,7 @@ class _IFStageII(_IFPipelineBase):
         of the output size where the pipeline takes them."""
         height, width = self._check_size(height, width)
         out = {"image": np.zeros((batch_size, max(1, height // 4), max(1, width // 4), 3), np.float32)}
-        takes = _parameters(self)
+        takes = self.call_parameters()
         if "original_image" in takes:
             out["original_image"] = np.zeros((batch_size, height, width, 3), np.float32)
         if "mask_image" in takes:

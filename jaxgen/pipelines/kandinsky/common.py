@@ -251,7 +251,7 @@ class KandinskyDecoderBase(DiffusionPipeline):
         """``warmup``: zero image embeddings (and, for the image pipelines, a gray image and mask)."""
         embeds = np.zeros((batch_size, self.image_embed_width()), np.float32)
         out: dict[str, Any] = {"image_embeds": embeds, "negative_image_embeds": embeds}
-        takes = _parameters(self)
+        takes = self.call_parameters()
         size = (height or 512, width or 512)
         if "image" in takes:
             out["image"] = np.full((batch_size, *size, 3), 0.5, np.float32)
@@ -259,8 +259,3 @@ class KandinskyDecoderBase(DiffusionPipeline):
             out["mask_image"] = np.zeros((batch_size, *size), np.float32)
         return out
 
-
-def _parameters(pipe: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(pipe.__call__).parameters)

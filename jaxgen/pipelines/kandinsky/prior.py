@@ -18,6 +18,7 @@ import PIL.Image
 
 from jaxgen import sharding
 from jaxgen.models.prior_transformer import PriorTransformer
+from jaxgen.pipelines import checks
 from jaxgen.pipelines.outputs import BaseOutput
 from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
@@ -156,8 +157,6 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         tokenizer's max length and encoded without a mask, as diffusers' prior. Returns ``((text_embeds
         (N, D), hidden_states (N, L, D), attention_mask (N, L)), the negatives' or None)``, each row
         repeated ``num_images_per_prompt`` times."""
-        from jaxgen.pipelines import checks
-
         def encode(texts: list[str]) -> tuple[jax.Array, ...]:
             (embeds, hidden), mask = self.encode_texts(
                 texts, self.tokenizer.model_max_length, outputs=("text_embeds", "last_hidden_state"), use_mask=False,
@@ -198,8 +197,6 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         (a prompt's from the prior, all its ``num_images_per_prompt`` rows; an image's from the image
         encoder: PIL through ``image_processor``, or pixel values (1, S, S, 3)); ``negative_image_embeds``
         from the prior on ``negative_prompt``. As diffusers' ``interpolate``."""
-        from jaxgen.pipelines import checks
-
         checks.check_call_kwargs(f"{type(self).__name__}.interpolate", kwargs)
         if len(images_and_prompts) != len(weights):
             raise ValueError(
