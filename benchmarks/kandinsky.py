@@ -1,8 +1,9 @@
-"""Kandinsky 2.1 speed: jaxgen against diffusers (PyTorch) on the real-size architectures, one run.
+"""Kandinsky 2.1 and 2.2 speed: jaxgen against diffusers (PyTorch) on the real-size architectures, one run.
 
 Random weights (speed does not depend on their values; ``random_weights.py``), real configs from
-``tests/configs/kandinsky-community__kandinsky-2-1{,-prior}``, same machine and process, float32 and
-bfloat16 (params and compute, on both sides). Four parts (``--only``):
+``tests/configs/kandinsky-community__kandinsky-2-{1,1-prior,2-prior,2-decoder,2-controlnet-depth}``,
+same machine and process, float32 and bfloat16 (params and compute, on both sides). Kandinsky 2.1's
+four parts (``--only``; the default):
 
 - ``prior``: one prior step with classifier-free guidance: the PriorTransformer (1.0B) on 2 rows for
   1 image (text embeds (2, 768), hidden states (2, 77, 768), mask (2, 77)), the guidance, the UnCLIP
@@ -18,16 +19,31 @@ bfloat16 (params and compute, on both sides). Four parts (``--only``):
   tiny ones built here (the Hub is unreachable; as tests/conftest.py builds them): only their ids
   must be below the real vocab sizes; the prompt is padded to 77 tokens anyway.
 
+Kandinsky 2.2's three (``--only prior22,unet22,controlnet``), the same method as 2.1's step parts:
+
+- ``prior22``: one prior step with guidance: the 2.2 PriorTransformer (1.0B, embedding 1280) on 2 rows
+  (CLIP bigG text embeds (2, 1280), hidden states (2, 77, 1280), mask (2, 77)), the guidance, the
+  UnCLIP step; diffusers' ``KandinskyV22PriorPipeline`` loop body is 2.1's.
+- ``unet22``: one decoder step with guidance of the 2.2 UNet (1.2B; ``addition_embed_type`` "image",
+  ``encoder_hid_dim_type`` "image_proj"): no text (``encoder_hidden_states`` None), image_embeds
+  (2, 1280) only; the guidance, variance and DDIM step as ``unet``'s (``KandinskyV22Pipeline``).
+- ``controlnet``: the same with the ControlNet-depth UNet (``addition_embed_type`` "image_hint",
+  ``in_channels`` 8: the hint, (2, 512, 512, 3) in [0, 1], NHWC for jaxgen and NCHW for torch, the
+  same in both rows, is encoded to 4 channels that join the latents; ``KandinskyV22ControlnetPipeline``).
+
 jaxgen runs what its pipelines ship. Steps: ``jaxgen.pipelines.sampling.denoise`` (one compiled
 loop over the steps) with ``PriorDenoiser`` / ``KandinskyDenoiser``, the inputs laid out and the
 static arguments given as ``DiffusionPipeline.denoise`` does (``shipping_denoise``), compiled ahead
-(``lower().compile()``; the step count is traced, so the one-step warm-up runs the timed program);
-the decode is the jitted ``decode_movq``; the pipeline part calls ``KandinskyPriorPipeline`` and
-``KandinskyPipeline`` built from the same (module, params) pairs. diffusers runs the loop bodies of
-its ``KandinskyPriorPipeline`` and ``KandinskyPipeline`` (one warm-up step first), ``movq.decode``,
-and the two pipelines themselves. Per dtype, each side builds its models once (on first use), runs
-every part, and frees them before the other side builds its own. Torch runs on "cuda" when there is
-one (synchronised before every clock read), JAX on its default backend (``block_until_ready``).
+(``lower().compile()``; the step count is traced, so the one-step warm-up runs the timed program;
+2.2's UNets run in a 2.1 ``KandinskyPipeline`` used for its scheduler and mesh only: the denoiser
+and the loop are the ones 2.2's pipelines share); the decode is the jitted ``decode_movq``; the
+pipeline part calls ``KandinskyPriorPipeline`` and ``KandinskyPipeline`` built from the same
+(module, params) pairs. diffusers runs the loop bodies of its pipelines (one warm-up step first),
+``movq.decode``, and the two 2.1 pipelines themselves. Both sides take the same conditioning rows
+(``prior_inputs``, ``decoder_inputs``). Per dtype, each side builds its models once (on first use),
+runs every part, frees each model once no later part needs it, and all of them before the other
+side builds its own. Torch runs on "cuda" when there is one (synchronised before every clock read),
+JAX on its default backend (``block_until_ready``).
 
 FLOPs per step come from jaxgen's compiled program (``cost_analysis``; XLA counts a loop body once,
 and the loop body is one step); the floor is those FLOPs at the best rate of a large matmul measured
@@ -38,15 +54,19 @@ convolutions do): the JSON records both settings. The JSON is rewritten after ev
 run killed by a timeout keeps what it measured); ``--time-budget`` skips, and records as skipped,
 what is left once it is spent (checked before each measurement). Progress lines go to stderr.
 
-On the H200 (a 10-minute limit for the whole run; expected 4-6 minutes, mostly XLA compiles and
-random weights on the host; the budget stops new measurements at 7 minutes):
+On the H200 (a 10-minute limit per command; 2.1's expected to take 4-6 minutes, 2.2's about as long
+(12 random models of 1.0-1.2B built on the host), mostly XLA compiles and random weights on the host;
+the budget stops new measurements at 7 minutes):
 
     python benchmarks/kandinsky.py --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky-h200.json
+    python benchmarks/kandinsky.py --only prior22,unet22,controlnet --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky22-h200.json
 
-On 2 CPU cores (AMD EPYC, no AVX-512): ``--tiny`` is the smoke test (~50 s); at real size ``--only
-prior,movq --steps 2 --dtypes float32`` (~4 min; the UNet at 512 px is 15-20 s per step there, and
-the whole pipeline holds ~14 GB per side in float32). PyTorch's bfloat16 on a CPU without bfloat16
-instructions runs at ~1 GFLOP/s (add ``--skip-torch`` for bfloat16 there).
+On 2 CPU cores (AMD EPYC, no AVX-512): ``--tiny`` is the smoke test (~50 s; ``--tiny --only
+prior22,unet22,controlnet`` ~25 s); at real size ``--only prior,movq --steps 2 --dtypes float32``
+(~4 min; the UNet at 512 px is 15-20 s per step there, and the whole pipeline holds ~14 GB per side
+in float32) and ``--only prior22,unet22,controlnet --steps 2 --dtypes float32`` (one model of ~5 GB
+held at a time). PyTorch's bfloat16 on a CPU without bfloat16 instructions runs at ~1 GFLOP/s (add
+``--skip-torch`` for bfloat16 there).
 """
 
 from __future__ import annotations
@@ -71,9 +91,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 CONFIGS = REPO / "tests" / "configs"
 DECODER_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1"
 PRIOR_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1-prior"
-PARTS = ("prior", "unet", "movq", "pipeline")
-UNITS = {"prior": "s/step", "unet": "s/step", "movq": "s/decode", "pipeline": "s/image"}
-TEXT_LEN = 77  # both Kandinsky 2.1 tokenizers pad to 77
+PRIOR22_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-prior"
+DECODER22_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-decoder"
+CONTROLNET_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-controlnet-depth"
+# the step parts: (model, its scheduler's config), keys of Setup.configs
+STEPS = {"prior": ("prior", "prior_scheduler"), "unet": ("unet", "scheduler"),
+         "prior22": ("prior22", "prior22_scheduler"), "unet22": ("unet22", "scheduler22"),
+         "controlnet": ("controlnet", "controlnet_scheduler")}
+PARTS = ("prior", "unet", "movq", "pipeline", "prior22", "unet22", "controlnet")
+DEFAULT_PARTS, PARTS22 = PARTS[:4], PARTS[4:]  # Kandinsky 2.1's, 2.2's
+PIPELINE_MODELS = ("prior_text_encoder", "image_encoder", "prior", "text_encoder", "unet", "movq")
+PART_MODELS = {**{part: (model,) for part, (model, _) in STEPS.items()}, "movq": ("movq",), "pipeline": PIPELINE_MODELS}
+KINDS = {"prior22": "prior", "unet22": "unet", "controlnet": "unet"}  # 2.2's models: the classes of 2.1's
+UNITS = {"movq": "s/decode", "pipeline": "s/image", **{part: "s/step" for part in STEPS}}
+TEXT_LEN = 77  # every Kandinsky 2.x tokenizer pads to 77
 GUIDANCE = 4.0  # the default guidance scale of both pipelines
 PROMPT = "a photo of a cat"
 TOKENIZER_NOTE = ("tokenizers: tiny stand-ins built here (the Hub is unreachable); their ids are below the real "
@@ -102,14 +133,17 @@ class Setup:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(h, w, C) of the decoder's latents (diffusers' ``get_new_h_w``)."""
+        """(h, w, C) of the decoders' latents (diffusers' ``get_new_h_w``; C: the MoVQ's latent channels,
+        which every 2.x UNet denoises, the ControlNet's encoded hint joining them inside the UNet)."""
         from jaxgen.pipelines.kandinsky.common import latent_size
 
         factor = 2 ** (len(self.configs["movq"]["block_out_channels"]) - 1)
-        return (*latent_size(self.resolution, self.resolution, factor), self.configs["unet"]["in_channels"])
+        return (*latent_size(self.resolution, self.resolution, factor), self.configs["movq"]["latent_channels"])
 
 
-def real_setup(resolution: int) -> Setup:
+def real_setup(resolution: int, parts: list[str]) -> Setup:
+    """The real configs (all of them; the label names the models of ``parts``' versions). The 2.2 MoVQ's
+    config is the 2.1 one, the schedulers' the same files too; each part reads its own version's."""
     configs = {
         "prior": _read(PRIOR_DIR / "prior" / "config.json"),
         "prior_text_encoder": _read(PRIOR_DIR / "text_encoder" / "config.json"),
@@ -119,17 +153,27 @@ def real_setup(resolution: int) -> Setup:
         "movq": _read(DECODER_DIR / "movq" / "config.json"),
         "text_encoder": _read(DECODER_DIR / "text_encoder" / "config.json"),
         "scheduler": _read(DECODER_DIR / "scheduler" / "scheduler_config.json"),
+        "prior22": _read(PRIOR22_DIR / "prior" / "config.json"),
+        "prior22_scheduler": _read(PRIOR22_DIR / "scheduler" / "scheduler_config.json"),
+        "unet22": _read(DECODER22_DIR / "unet" / "config.json"),
+        "scheduler22": _read(DECODER22_DIR / "scheduler" / "scheduler_config.json"),
+        "controlnet": _read(CONTROLNET_DIR / "unet" / "config.json"),
+        "controlnet_scheduler": _read(CONTROLNET_DIR / "scheduler" / "scheduler_config.json"),
     }
-    return Setup("Kandinsky 2.1, real configs (prior 1.0B, UNet 1.2B, MoVQ, M-CLIP, CLIP ViT-L text and vision)",
+    versions = {"2.1": "prior 1.0B, UNet 1.2B, MoVQ 68M, M-CLIP, CLIP ViT-L text and vision",
+                "2.2": "prior 1.0B, UNet 1.2B, ControlNet-depth UNet 1.2B"}
+    used = sorted({"2.2" if part in PARTS22 else "2.1" for part in parts})
+    return Setup(f"Kandinsky {' and '.join(used)}, real configs ({'; '.join(f'{v}: {versions[v]}' for v in used)})",
                  configs, resolution)
 
 
-def tiny_setup(resolution: int) -> Setup:
+def tiny_setup(resolution: int, parts: list[str]) -> Setup:
     """Tiny configs of the same architectures (a smoke test); the real schedulers."""
     embed, text_width = 32, 24  # prior embedding = CLIP projection = UNet cross-attention; M-CLIP width
+    embed22 = 48  # 2.2's prior embedding = CLIP projection = the UNet's image-embedding width
     clip = dict(hidden_size=embed, projection_dim=embed, intermediate_size=37, num_attention_heads=4,
                 num_hidden_layers=2, hidden_act="quick_gelu")
-    configs = real_setup(resolution).configs
+    configs = real_setup(resolution, parts).configs
     configs.update(
         prior=dict(num_attention_heads=2, attention_head_dim=16, num_layers=2, embedding_dim=embed,
                    num_embeddings=TEXT_LEN, additional_embeddings=4),
@@ -150,6 +194,12 @@ def tiny_setup(resolution: int) -> Setup:
                           intermediate_size=37, max_position_embeddings=81, pad_token_id=1, type_vocab_size=1,
                           layer_norm_eps=1e-5, transformerDimensions=text_width, numDims=embed),
     )
+    # 2.2: no text in the decoder; the image embedding (embed22 wide) is projected to the cross-attention
+    # context and added to the time embedding; the ControlNet's hint joins the latents (in_channels 4 + 4)
+    configs["prior22"] = dict(configs["prior"], embedding_dim=embed22)
+    configs["unet22"] = dict(configs["unet"], encoder_hid_dim=embed22, encoder_hid_dim_type="image_proj",
+                             addition_embed_type="image")
+    configs["controlnet"] = dict(configs["unet22"], in_channels=8, addition_embed_type="image_hint")
     return Setup("tiny configs of the same architectures (smoke test)", configs, resolution)
 
 
@@ -196,6 +246,37 @@ def _prompt_mask(tokens: int) -> np.ndarray:
     return (np.arange(TEXT_LEN) < tokens).astype(np.int32)[None]
 
 
+Pairs = dict[str, tuple[np.ndarray, np.ndarray]]  # conditioning name -> (positive, negative) host rows, one image
+
+
+def prior_inputs(setup: Setup, model: str) -> Pairs:
+    """The prior's conditioning for one image: CLIP text embeds (1, D), hidden states (1, 77, D) (D: the
+    embedding width, the CLIP text width of both versions) and the tokenizer mask, prompt and negative."""
+    dim = setup.configs[model]["embedding_dim"]
+    return {"proj_embedding": (_random((1, dim), 2), _random((1, dim), 3)),
+            "encoder_hidden_states": (_random((1, TEXT_LEN, dim), 4), _random((1, TEXT_LEN, dim), 5)),
+            "attention_mask": (_prompt_mask(7), _prompt_mask(2))}
+
+
+def decoder_inputs(setup: Setup, part: str) -> Pairs:
+    """The UNet's conditioning for one image, in jaxgen's layout (the hint NHWC). 2.1: M-CLIP hidden states
+    and text embeds, image embeds; 2.2: image embeds only (no text: encoder_hidden_states None), and for
+    the ControlNet the depth hint in [0, 1] at 8x the latents' size, the same in both halves (as diffusers'
+    pipeline repeats it)."""
+    cfg = setup.configs[STEPS[part][0]]
+    pair = lambda shape, seed: (_random(shape, seed), _random(shape, seed + 1))
+    if part == "unet":
+        return {"encoder_hidden_states": pair((1, TEXT_LEN, cfg["encoder_hid_dim"]), 2),
+                "text_embeds": pair((1, setup.configs["text_encoder"]["numDims"]), 4),
+                "image_embeds": pair((1, cfg["cross_attention_dim"]), 6)}
+    out = {"image_embeds": pair((1, cfg["encoder_hid_dim"]), 6)}
+    if cfg["addition_embed_type"] == "image_hint":
+        h, w, _ = setup.latent_shape
+        hint = np.random.default_rng(8).random((1, 8 * h, 8 * w, 3), dtype=np.float32)
+        out["hint"] = (hint, hint)
+    return out
+
+
 def _flops(compiled: Any) -> float | None:
     try:
         cost = compiled.cost_analysis()
@@ -213,23 +294,56 @@ def _record_compile(event: str, duration: float, **kwargs: Any) -> None:
 # ----------------------------------------------------------------------------- jaxgen
 
 
-def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state: Any, cond: Any, key: Any,
+def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state: Any, cond: Any,
                      steps: int) -> tuple[tuple, dict]:
     """``sampling.denoise``'s arguments as ``DiffusionPipeline.denoise`` passes them with guidance on, the
     progress bar disabled and no callback: ``(args, static keywords)``."""
+    import jax
     import jax.numpy as jnp
 
     from jaxgen import sharding
     from jaxgen.pipelines import sampling
+    from jaxgen.pipelines.pipeline_utils import as_key
 
-    scheduler = pipe.scheduler
+    scheduler, key = pipe.scheduler, jax.random.split(as_key(0))[1]
     args = (denoiser, scheduler, params, latents, state, cond, jnp.float32(GUIDANCE), key, jnp.int32(steps))
     eta = 0.0 if sampling.accepts(scheduler.step, "eta") else None
     return args, dict(guidance=sampling.ClassifierFreeGuidance(), post_step=None, eta=eta, show_progress=False,
                       callback=None, callback_steps=1, batch_sharding=sharding.batch_sharding(pipe.mesh))
 
 
-class JaxSide:
+def guidance_cond(pipe: Any, pairs: Pairs, dtype: Any) -> dict:
+    """``pairs`` as ``denoise`` takes them: [negative; positive] rows on the mesh, the embeddings in ``dtype``
+    (the hint stays float32, as ``KandinskyDecoderBase.sample`` passes its per-image conditioning)."""
+    cast = lambda name, x: np.issubdtype(x.dtype, np.floating) and name != "hint"
+    return {name: pipe.guidance_rows(positive, negative, 1, dtype if cast(name, positive) else None)
+            for name, (positive, negative) in pairs.items()}
+
+
+class Side:
+    """What both halves share: the models, built on first use and freed once no later part needs them, and
+    the step parts' dispatch."""
+
+    name: str
+    models: dict
+
+    def step(self, part: str) -> dict:
+        """One guided step of a prior (``prior_step``) or a decoder UNet (``decoder_step``)."""
+        model, scheduler = STEPS[part]
+        if KINDS.get(model, model) == "prior":
+            return self.prior_step(model, scheduler)
+        return self.decoder_step(part, model, scheduler)
+
+    def release(self, keep: set[str]) -> None:
+        for name in [name for name in self.models if name not in keep]:
+            del self.models[name]
+        gc.collect()
+
+    def close(self) -> None:
+        self.release(set())
+
+
+class JaxSide(Side):
     """jaxgen's half of one dtype: each model built once, on first use, then the measurements."""
 
     name = "jaxgen"
@@ -257,18 +371,18 @@ class JaxSide:
                    "image_encoder": CLIPVisionModelWithProjection}
         if name not in self.models:
             start = time.perf_counter()
-            module = classes[name].from_config(self.setup.configs[name], dtype=self.dtype)
+            module = classes[KINDS.get(name, name)].from_config(self.setup.configs[name], dtype=self.dtype)
             params = jax.block_until_ready(jax_random_params(module, self.dtype))
             size = sum(x.size for x in jax.tree_util.tree_leaves(params))
             log(f"jaxgen {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
             self.models[name] = (module, params)
         return self.models[name]
 
-    def prior_pipe(self, full: bool = False) -> Any:
+    def prior_pipe(self, full: bool = False, prior: str = "prior", scheduler: str = "prior_scheduler") -> Any:
         from jaxgen.pipelines.kandinsky import KandinskyPriorPipeline
         from jaxgen.schedulers.unclip import UnCLIPScheduler
 
-        parts = {"prior": self.model("prior"), "scheduler": UnCLIPScheduler.from_config(self.setup.configs["prior_scheduler"])}
+        parts = {"prior": self.model(prior), "scheduler": UnCLIPScheduler.from_config(self.setup.configs[scheduler])}
         if full:
             parts.update(text_encoder=self.model("prior_text_encoder"), image_encoder=self.model("image_encoder"),
                          tokenizer=self.tokenizers["clip"])
@@ -276,14 +390,16 @@ class JaxSide:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def decoder_pipe(self, parts: tuple[str, ...]) -> Any:
+    def decoder_pipe(self, parts: tuple[str, ...], unet: str = "unet", scheduler: str = "scheduler") -> Any:
+        """A ``KandinskyPipeline`` of ``parts``, its UNet the model ``unet`` (2.2's too: the step parts use the
+        pipeline for its scheduler and mesh only)."""
         from jaxgen.pipelines.kandinsky import KandinskyPipeline
         from jaxgen.schedulers.ddim import DDIMScheduler
 
-        components = {name: self.model(name) for name in parts}
+        components = {name: self.model(unet if name == "unet" else name) for name in parts}
         if "text_encoder" in parts:
             components["tokenizer"] = self.tokenizers["xlmr"]
-        pipe = KandinskyPipeline(scheduler=DDIMScheduler.from_config(self.setup.configs["scheduler"]), **components)
+        pipe = KandinskyPipeline(scheduler=DDIMScheduler.from_config(self.setup.configs[scheduler]), **components)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -306,46 +422,31 @@ class JaxSide:
             seconds = (time.perf_counter() - start) / self.steps
         return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered)}
 
-    def prior(self) -> dict:
+    def prior_step(self, model: str, scheduler: str) -> dict:
         """One guided prior step, inputs as ``KandinskyPriorPipeline.sample_embeds`` lays them out for one image."""
-        import jax
-
         from jaxgen.pipelines.kandinsky.prior import PriorDenoiser
-        from jaxgen.pipelines.pipeline_utils import as_key
 
-        pipe = self.prior_pipe()
-        module, params = self.model("prior")
-        dim, dtype = module.config.embedding_dim, module.dtype
+        pipe = self.prior_pipe(prior=model, scheduler=scheduler)
+        module, params = self.model(model)
+        dim = module.config.embedding_dim
         state = pipe.prepare_timesteps(max(self.steps, 2), None, None, (1, dim))
         latents = pipe.shard_rows(_random((1, dim), 1) * pipe.scheduler.init_noise_sigma, 1)
-        cond = {"proj_embedding": pipe.guidance_rows(_random((1, dim), 2), _random((1, dim), 3), 1, dtype),
-                "encoder_hidden_states": pipe.guidance_rows(_random((1, TEXT_LEN, dim), 4),
-                                                            _random((1, TEXT_LEN, dim), 5), 1, dtype),
-                "attention_mask": pipe.guidance_rows(_prompt_mask(7), _prompt_mask(2), 1)}
-        key = jax.random.split(as_key(0))[1]
+        cond = guidance_cond(pipe, prior_inputs(self.setup, model), module.dtype)
         return self._time_loop(pipe, *shipping_denoise(pipe, PriorDenoiser(module), params, latents, state, cond,
-                                                       key, self.steps))
+                                                       self.steps))
 
-    def unet(self) -> dict:
+    def decoder_step(self, part: str, model: str, scheduler: str) -> dict:
         """One guided decoder step, inputs as ``KandinskyDecoderBase.sample`` lays them out for one image."""
-        import jax
-
         from jaxgen.pipelines.kandinsky.common import KandinskyDenoiser
-        from jaxgen.pipelines.pipeline_utils import as_key
 
-        pipe = self.decoder_pipe(("unet",))
-        module, params = self.model("unet")
-        cfg, dtype = self.setup.configs, module.dtype
+        pipe = self.decoder_pipe(("unet",), unet=model, scheduler=scheduler)
+        module, params = self.model(model)
         shape = (1, *self.setup.latent_shape)
         state = pipe.prepare_timesteps(self.steps, None, None, shape)
         latents = pipe.shard_rows(_random(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
-        pair = lambda shape, seed: pipe.guidance_rows(_random(shape, seed), _random(shape, seed + 1), 1, dtype)
-        cond = {"encoder_hidden_states": pair((1, TEXT_LEN, cfg["unet"]["encoder_hid_dim"]), 2),
-                "text_embeds": pair((1, cfg["text_encoder"]["numDims"]), 4),
-                "image_embeds": pair((1, cfg["unet"]["cross_attention_dim"]), 6)}
-        key = jax.random.split(as_key(0))[1]
-        denoiser = KandinskyDenoiser(module, pipe.latent_channels)
-        return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, key, self.steps))
+        cond = guidance_cond(pipe, decoder_inputs(self.setup, part), module.dtype)
+        denoiser = KandinskyDenoiser(module, self.setup.latent_shape[-1])
+        return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps))
 
     def movq(self) -> dict:
         """``decode_movq`` (what ``KandinskyDecoderBase.decode_latents`` runs), compiled ahead."""
@@ -384,10 +485,6 @@ class JaxSide:
 
         return _time_pipeline(call, lambda: None)
 
-    def close(self) -> None:
-        self.models.clear()
-        gc.collect()
-
 
 def _decode_reps(steps: int) -> int:
     """Decodes timed: ``steps``, at most 3 on a CPU (seconds each there at 512 px)."""
@@ -417,7 +514,7 @@ def _time_pipeline(call: Callable[[], np.ndarray], sync: Callable[[], None]) -> 
 # ----------------------------------------------------------------------------- diffusers
 
 
-class TorchSide:
+class TorchSide(Side):
     """diffusers' half of one dtype, on "cuda" when there is one: each model built once, then the measurements."""
 
     name = "diffusers"
@@ -462,7 +559,7 @@ class TorchSide:
         }
         if name not in self.models:
             start = time.perf_counter()
-            self.models[name] = torch_random_module(builders[name], self.dtype, self.device)
+            self.models[name] = torch_random_module(builders[KINDS.get(name, name)], self.dtype, self.device)
             size = sum(p.numel() for p in self.models[name].parameters())
             log(f"diffusers {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
         return self.models[name]
@@ -471,6 +568,19 @@ class TorchSide:
         import torch
 
         return torch.from_numpy(_random(shape, seed)).to(self.device, self.dtype)
+
+    def _rows(self, pairs: Pairs) -> dict:
+        """``pairs`` as diffusers' pipelines lay them out: [negative; positive], images NCHW, floating ones in
+        this side's dtype, masks bool."""
+        import torch
+
+        out = {}
+        for name, (positive, negative) in pairs.items():
+            rows = np.concatenate([negative, positive])
+            rows = np.ascontiguousarray(rows.transpose(0, 3, 1, 2)) if rows.ndim == 4 else rows
+            tensor = torch.from_numpy(rows).to(self.device)
+            out[name] = tensor.to(self.dtype) if tensor.is_floating_point() else tensor.bool()
+        return out
 
     def _time_steps(self, loop: Callable[[int], Any]) -> dict:
         """``loop(limit)`` runs the first ``limit`` steps of a ``self.steps``-step schedule: one to warm up, then all."""
@@ -481,17 +591,16 @@ class TorchSide:
         self.sync()
         return {"seconds": (time.perf_counter() - start) / self.steps}
 
-    def prior(self) -> dict:
-        """The loop body of ``KandinskyPriorPipeline.__call__`` for one image with guidance."""
+    def prior_step(self, model: str, scheduler_config: str) -> dict:
+        """The loop body of ``KandinskyPriorPipeline.__call__`` (``KandinskyV22PriorPipeline``'s is the same)
+        for one image with guidance."""
         import diffusers
         import torch
 
-        prior = self.model("prior")
-        scheduler = diffusers.UnCLIPScheduler.from_config(self.setup.configs["prior_scheduler"])
-        dim = self.setup.configs["prior"]["embedding_dim"]
-        embeds = torch.cat([self._tensor((1, dim), 3), self._tensor((1, dim), 2)])  # [negative; positive]
-        hidden = torch.cat([self._tensor((1, TEXT_LEN, dim), 5), self._tensor((1, TEXT_LEN, dim), 4)])
-        mask = torch.from_numpy(np.concatenate([_prompt_mask(2), _prompt_mask(7)])).bool().to(self.device)
+        prior = self.model(model)
+        scheduler = diffusers.UnCLIPScheduler.from_config(self.setup.configs[scheduler_config])
+        dim = self.setup.configs[model]["embedding_dim"]
+        cond = self._rows(prior_inputs(self.setup, model))
         start_latents = self._tensor((1, dim), 1) * scheduler.init_noise_sigma
         generator = torch.Generator(self.device).manual_seed(0)
 
@@ -501,8 +610,7 @@ class TorchSide:
             timesteps = scheduler.timesteps
             latents = start_latents
             for i, t in enumerate(timesteps[:limit]):
-                predicted = prior(torch.cat([latents] * 2), timestep=t, proj_embedding=embeds,
-                                  encoder_hidden_states=hidden, attention_mask=mask).predicted_image_embedding
+                predicted = prior(torch.cat([latents] * 2), timestep=t, **cond).predicted_image_embedding
                 uncond, text = predicted.chunk(2)
                 predicted = uncond + GUIDANCE * (text - uncond)
                 prev = None if i + 1 == timesteps.shape[0] else timesteps[i + 1]
@@ -512,19 +620,18 @@ class TorchSide:
 
         return self._time_steps(loop)
 
-    def unet(self) -> dict:
-        """The loop body of ``KandinskyPipeline.__call__`` for one image with guidance."""
+    def decoder_step(self, part: str, model: str, scheduler_config: str) -> dict:
+        """The loop body of ``KandinskyPipeline.__call__`` (2.1), ``KandinskyV22Pipeline.__call__`` or
+        ``KandinskyV22ControlnetPipeline.__call__`` (2.2: no text, ``encoder_hidden_states=None``) for one
+        image with guidance."""
         import diffusers
         import torch
 
-        unet = self.model("unet")
-        scheduler = diffusers.DDIMScheduler.from_config(self.setup.configs["scheduler"])
-        cfg = self.setup.configs
+        unet = self.model(model)
+        scheduler = diffusers.DDIMScheduler.from_config(self.setup.configs[scheduler_config])
         h, w, c = self.setup.latent_shape
-        pair = lambda shape, seed: torch.cat([self._tensor(shape, seed + 1), self._tensor(shape, seed)])
-        hidden = pair((1, TEXT_LEN, cfg["unet"]["encoder_hid_dim"]), 2)
-        added = {"text_embeds": pair((1, cfg["text_encoder"]["numDims"]), 4),
-                 "image_embeds": pair((1, cfg["unet"]["cross_attention_dim"]), 6)}
+        added = self._rows(decoder_inputs(self.setup, part))
+        hidden = added.pop("encoder_hidden_states", None)
         start_latents = self._tensor((1, c, h, w), 1) * scheduler.init_noise_sigma
         learned = getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
         generator = torch.Generator(self.device).manual_seed(0)
@@ -589,11 +696,10 @@ class TorchSide:
 
         return _time_pipeline(call, self.sync)
 
-    def close(self) -> None:
+    def release(self, keep: set[str]) -> None:
         import torch
 
-        self.models.clear()
-        gc.collect()
+        super().release(keep)
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
@@ -659,18 +765,21 @@ def matmul_rates(dtype: str, earlier: dict | None = None) -> dict:
     return out
 
 
-def run_side(side: Any, parts: list[str], pipeline_steps: tuple[int, int], recorder: Recorder) -> None:
-    """Every part on one side, in order; an error or the spent budget is recorded instead of a result."""
+def run_side(side: Side, parts: list[str], pipeline_steps: tuple[int, int], recorder: Recorder) -> None:
+    """Every part on one side, in order, each model freed once no later part needs it; an error or the
+    spent budget is recorded instead of a result."""
     try:
-        for part in parts:
+        for i, part in enumerate(parts):
             if recorder.over_budget():
                 log(f"{side.name} {side.dtype_name} {part}: skipped (time budget spent)")
                 recorder.add(part, side.dtype_name, side.name, {"skipped": "time budget spent"})
                 continue
             log(f"{side.name} {side.dtype_name} {part}: start")
             try:
-                method = getattr(side, part)
-                result = method(*pipeline_steps) if part == "pipeline" else method()
+                if part in STEPS:
+                    result = side.step(part)
+                else:
+                    result = side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq()
             except Exception as e:  # noqa: BLE001 - one part failing (e.g. out of memory) must not lose the rest
                 log(f"{side.name} {side.dtype_name} {part}: FAILED\n{traceback.format_exc()}")
                 result = {"error": f"{type(e).__name__}: {e}"[:2000]}
@@ -681,6 +790,7 @@ def run_side(side: Any, parts: list[str], pipeline_steps: tuple[int, int], recor
                              f"XLA programs compiled, {result['first_call_compile_s']:.1f} s)")
                 log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {UNITS[part]}{extra}")
             recorder.add(part, side.dtype_name, side.name, result)
+            side.release({model for later in parts[i + 1:] for model in PART_MODELS[later]})
     finally:
         side.close()
 
@@ -727,7 +837,8 @@ def print_table(rows: list[dict]) -> None:
 
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, of {','.join(PARTS)}")
+    parser.add_argument("--only", default=",".join(DEFAULT_PARTS), help=f"comma-separated parts, of {','.join(PARTS)} "
+                        f"(default: Kandinsky 2.1's, {','.join(DEFAULT_PARTS)})")
     parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
     parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default "
                         "10, 3 with --tiny); the schedules have this many steps; decodes timed: as many (at most 3 on "
@@ -790,7 +901,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    setup = (tiny_setup if args.tiny else real_setup)(args.resolution)
+    setup = (tiny_setup if args.tiny else real_setup)(args.resolution, args.only)
     with tempfile.TemporaryDirectory() as folder:
         toks = tokenizers(Path(folder))
         recorder = Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget)

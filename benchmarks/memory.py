@@ -1,16 +1,31 @@
-"""Peak device memory per PixArt-α component at real size, without allocating the real params.
+"""Peak device memory per pipeline component at real size (PixArt-α, Kandinsky 2.2), without allocating params.
 
 For each component and dtype, the call a pipeline makes is lowered and compiled with
 ``jax.ShapeDtypeStruct`` arguments (nothing is allocated), and XLA's buffer assignment
 (``compiled.memory_analysis()``) gives the sizes of the arguments (params + inputs), the outputs
 and the temporaries. Peak = arguments + outputs - aliased + temporaries: what the device holds
-while that one program runs. The calls:
+while that one program runs. The calls of ``--model pixart`` (the default):
 
 - T5-XXL text encoder: encode a CFG batch (prompt and negative prompt) of 2 x 120 tokens;
   float32, bfloat16, and int8 weight-only (``jaxgen.quantize``, bfloat16 compute);
 - PixArt-XL-2 transformer: one denoising step, CFG batch 2, latents (2, res/8, res/8, 4), 120
   caption tokens, then the guidance combination;
 - VAE (AutoencoderKL) decode of one latent to a res x res image.
+
+The calls of ``--model kandinsky-2-2`` (the combined text-to-image pipeline, one image, guidance on),
+float32 and bfloat16, each image size of ``--resolution`` (default 512 and 768):
+
+- CLIP ViT-bigG image encoder: embed one black 224x224 image (the zero-image negative embedding);
+- CLIP ViT-bigG text encoder with projection: encode 2 x 77 tokens (text_embeds and hidden states);
+- PriorTransformer: one step on the 2 guidance rows (embedding 1280, 77 text tokens), then the guidance;
+- UNet (2.2: image embeddings, no text): one step on 2 rows of (res/8, res/8, 4) latents, then the
+  guidance on the epsilon half;
+- MoVQ (VQModel) decode, not quantized, of one latent to a res x res image.
+
+Its summary: the pipeline's peak when the image encoder is loaded alone, embeds the black image and is
+freed before the other four load (max over the phases of the params resident then + the phase's
+program beyond the params it reads), against all five resident (as diffusers keeps them), and the
+headroom on a 16 GiB chip.
 
 The numbers come from the backend this runs on. On CPU, XLA's default scheduler favours
 concurrency over memory (it converts and broadcasts far ahead of use); this script turns it off
@@ -23,6 +38,7 @@ it with splash attention (Pallas interpret mode on CPU: the kernel's block-sized
 logits) as an estimate of the flash-attention peak. Prints a Markdown table and writes JSON.
 
     python benchmarks/memory.py --resolution 1024 --json benchmarks/memory-cpu.json
+    python benchmarks/memory.py --model kandinsky-2-2 --json benchmarks/memory-kandinsky22-cpu.json
 """
 
 from __future__ import annotations
@@ -43,6 +59,10 @@ DEFAULT_CONFIGS = REPO / "tests" / "configs" / "PixArt-alpha__PixArt-XL-2-1024-M
 GIB = 2**30
 TEXT_LEN = 120  # PixArt-α's max_sequence_length
 CFG_BATCH = 2
+KANDINSKY_22 = ("kandinsky-community__kandinsky-2-2-prior", "kandinsky-community__kandinsky-2-2-decoder")
+CLIP_LEN = 77  # CLIP's tokenizer max length (the prior's text)
+KANDINSKY_GUIDANCE = 4.0  # the combined pipeline's prior_guidance_scale and guidance_scale
+CHIP_BYTES = 16 * GIB
 
 
 def _flops(compiled: Any) -> float:
@@ -81,25 +101,56 @@ def _abstract_params(module: Any, dtype: Any, quantized: bool = False) -> Any:
     return jax.eval_shape(quantize_params, shapes) if quantized else shapes
 
 
+def _load(cls: Any, config_file: Path, dtype: Any) -> tuple[Any, dict, Any]:
+    """``cls.from_config`` of a real config file -> (module, config dict, abstract params in ``dtype``)."""
+    config = json.loads(config_file.read_text())
+    module = cls.from_config(config, dtype=dtype)
+    return module, config, _abstract_params(module, dtype)
+
+
+def _row(component: str, call: str, dtype_name: str, params: Any, fn: Callable, *inputs: Any, **extra: Any) -> dict:
+    """One table row: ``fn(params, *inputs)`` compiled on the abstract arguments. ``extra_bytes``: the
+    program's peak beyond the params it reads (jit drops unused arguments, e.g. a VAE's encoder when it
+    decodes, so peak - param_bytes would count them as freed); the inputs are assumed all read."""
+    from jaxgen.quantize import param_bytes
+
+    stats = _compile_stats(fn, params, *inputs)
+    return {"component": component, "call": call, "dtype": dtype_name, **extra, "param_bytes": param_bytes(params),
+            **stats, "extra_bytes": stats["peak_bytes"] - stats["argument_bytes"] + param_bytes(inputs)}
+
+
+def _guided(prediction: Any, scale: float, channels: int | None = None) -> Any:
+    """Classifier-free guidance on [uncond; cond] rows, in float32; ``channels``: the first ones of the
+    last axis only (epsilon before a learned variance)."""
+    import jax.numpy as jnp
+
+    eps = (prediction if channels is None else prediction[..., :channels]).astype(jnp.float32)
+    uncond, cond = jnp.split(eps, 2)
+    return uncond + scale * (cond - uncond)
+
+
+def _resident(rows: list[dict]) -> int:
+    """Peak with every row's component resident: all their params, plus the largest program's
+    inputs, outputs and temporaries (each phase's peak holds its own params; the others sit beside it)."""
+    return sum(r["param_bytes"] for r in rows) + max(r["extra_bytes"] for r in rows)
+
+
 def text_encoder_row(configs: Path, dtype_name: str) -> dict:
     import jax
     import jax.numpy as jnp
 
     from jaxgen.models import T5EncoderModel
-    from jaxgen.quantize import param_bytes
 
     quantized = dtype_name == "int8"
     dtype = jnp.float32 if dtype_name == "float32" else jnp.bfloat16
-    config = json.loads((configs / "text_encoder" / "config.json").read_text())
-    module = T5EncoderModel.from_config(config, dtype=dtype)
-    params = _abstract_params(module, dtype)
+    module, _, params = _load(T5EncoderModel, configs / "text_encoder" / "config.json", dtype)
     if quantized:
         params = _abstract_params(module, dtype, quantized=True)
         module = module.clone(quantized=True)
     ids = jax.ShapeDtypeStruct((CFG_BATCH, TEXT_LEN), jnp.int32)
-    stats = _compile_stats(lambda p, i, m: module.apply({"params": p}, i, m).last_hidden_state, params, ids, ids)
-    return {"component": "text_encoder (T5-XXL)", "call": f"encode {CFG_BATCH}x{TEXT_LEN} tokens",
-            "dtype": "int8 weights, bfloat16 compute" if quantized else dtype_name, "param_bytes": param_bytes(params), **stats}
+    return _row("text_encoder (T5-XXL)", f"encode {CFG_BATCH}x{TEXT_LEN} tokens",
+                "int8 weights, bfloat16 compute" if quantized else dtype_name, params,
+                lambda p, i, m: module.apply({"params": p}, i, m).last_hidden_state, ids, ids)
 
 
 @contextlib.contextmanager
@@ -123,12 +174,9 @@ def transformer_row(configs: Path, dtype_name: str, resolution: int, guidance_sc
     import jax.numpy as jnp
 
     from jaxgen.models import PixArtTransformer2DModel
-    from jaxgen.quantize import param_bytes
 
     dtype = jnp.dtype(dtype_name)
-    config = json.loads((configs / "transformer" / "config.json").read_text())
-    module = PixArtTransformer2DModel.from_config(config, dtype=dtype)
-    params = _abstract_params(module, dtype)
+    module, config, params = _load(PixArtTransformer2DModel, configs / "transformer" / "config.json", dtype)
     side = resolution // 8
     s = jax.ShapeDtypeStruct
     latents = s((CFG_BATCH, side, side, config["in_channels"]), dtype)
@@ -137,20 +185,16 @@ def transformer_row(configs: Path, dtype_name: str, resolution: int, guidance_sc
     timestep = s((CFG_BATCH,), jnp.int32)
     added = {"resolution": s((CFG_BATCH, 2), jnp.float32), "aspect_ratio": s((CFG_BATCH, 1), jnp.float32)}
 
-    def step(p, x, c, t, a, m):
-        out = module.apply({"params": p}, x, c, t, a, encoder_attention_mask=m).sample
-        eps = out[..., : config["in_channels"]].astype(jnp.float32)  # learned sigma: the first half is epsilon
-        uncond, cond = jnp.split(eps, 2)
-        return uncond + guidance_scale * (cond - uncond)
+    def step(p, x, c, t, a, m):  # learned sigma: the first half is epsilon
+        return _guided(module.apply({"params": p}, x, c, t, a, encoder_attention_mask=m).sample, guidance_scale,
+                       config["in_channels"])
 
-    with _forced_attention(attention):
-        stats = _compile_stats(step, params, latents, caption, timestep, added, mask)
     tokens = (side // config["patch_size"]) ** 2
     call = f"1 step, CFG batch {CFG_BATCH}, {side}x{side} latents ({tokens} tokens)"
     if attention == "splash":
         call += ", splash attention (flash; interpret-mode estimate off TPU)"
-    return {"component": "transformer (PixArt-XL-2)", "call": call, "dtype": dtype_name,
-            "param_bytes": param_bytes(params), **stats}
+    with _forced_attention(attention):
+        return _row("transformer (PixArt-XL-2)", call, dtype_name, params, step, latents, caption, timestep, added, mask)
 
 
 def vae_row(configs: Path, dtype_name: str, resolution: int) -> dict:
@@ -158,16 +202,12 @@ def vae_row(configs: Path, dtype_name: str, resolution: int) -> dict:
     import jax.numpy as jnp
 
     from jaxgen.models import AutoencoderKL
-    from jaxgen.quantize import param_bytes
 
     dtype = jnp.dtype(dtype_name)
-    config = json.loads((configs / "vae" / "config.json").read_text())
-    module = AutoencoderKL.from_config(config, dtype=dtype)
-    params = _abstract_params(module, dtype)
+    module, config, params = _load(AutoencoderKL, configs / "vae" / "config.json", dtype)
     z = jax.ShapeDtypeStruct((1, resolution // 8, resolution // 8, config["latent_channels"]), dtype)
-    stats = _compile_stats(lambda p, z: module.apply({"params": p}, z, method="decode").sample, params, z)
-    return {"component": "vae (AutoencoderKL)", "call": f"decode 1 image {resolution}x{resolution}",
-            "dtype": dtype_name, "param_bytes": param_bytes(params), **stats}
+    return _row("vae (AutoencoderKL)", f"decode 1 image {resolution}x{resolution}", dtype_name, params,
+                lambda p, z: module.apply({"params": p}, z, method="decode").sample, z)
 
 
 def pipeline_summary(rows: list[dict]) -> list[dict]:
@@ -180,35 +220,89 @@ def pipeline_summary(rows: list[dict]) -> list[dict]:
         t5, tr, vae = by.get(("text_encoder", t5_dtype)), by.get(("transformer", dtype)), by.get(("vae", dtype))
         if not (t5 and tr and vae):
             continue
-        params = {"t5": t5["param_bytes"], "tr": tr["param_bytes"], "vae": vae["param_bytes"]}
-        phases = {"t5": t5["peak_bytes"], "tr": tr["peak_bytes"], "vae": vae["peak_bytes"]}
-        # each phase's peak holds its own params; the others' params sit beside it
-        resident = max(phases[k] + sum(v for n, v in params.items() if n != k) for k in phases)
-        # without the text encoder (prompt embeddings given, or encoded elsewhere)
-        no_t5 = max(phases["tr"] + params["vae"], phases["vae"] + params["tr"])
-        out.append({"pipeline": label, "all_resident_peak_bytes": resident, "without_text_encoder_peak_bytes": no_t5})
+        # without the text encoder: prompt embeddings given, or encoded elsewhere
+        out.append({"pipeline": label, "all_resident_peak_bytes": _resident([t5, tr, vae]),
+                    "without_text_encoder_peak_bytes": _resident([tr, vae])})
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=Path, default=DEFAULT_CONFIGS)
-    parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--components", nargs="+", default=["text_encoder", "transformer", "vae"])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "int8"],
-                        help="int8 applies to the text encoder only (weight-only, bfloat16 compute)")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--no-flash-estimate", action="store_true",
-                        help="skip the transformer row with splash (flash) attention instead of XLA's")
-    parser.add_argument("--concurrency-scheduler", action="store_true",
-                        help="keep XLA:CPU's default concurrency-optimised scheduler (more memory)")
-    args = parser.parse_args()
-
-    flags = os.environ.get("XLA_FLAGS", "")
-    if not args.concurrency_scheduler and "concurrency_optimized_scheduler" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_concurrency_optimized_scheduler=false".strip()
+def kandinsky_row(component: str, prior_dir: Path, decoder_dir: Path, dtype_name: str,
+                  resolution: int | None = None) -> dict:
+    """One call of Kandinsky 2.2's combined text-to-image pipeline (one image, guidance on: 2 rows),
+    as its pipelines make it; ``resolution``: the image size (the UNet's and the MoVQ's calls)."""
     import jax
+    import jax.numpy as jnp
 
+    from jaxgen.models import PriorTransformer, UNet2DConditionModel, VQModel
+    from jaxgen.text.clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
+
+    dtype, f32, i32, s = jnp.dtype(dtype_name), jnp.float32, jnp.int32, jax.ShapeDtypeStruct
+    movq_config = json.loads((decoder_dir / "movq" / "config.json").read_text())
+    factor = 2 ** (len(movq_config["block_out_channels"]) - 1)
+    side = None if resolution is None else -(-resolution // factor**2) * factor  # the pipelines' latent_size
+    cls, folder = {"image_encoder": (CLIPVisionModelWithProjection, prior_dir), "prior": (PriorTransformer, prior_dir),
+                   "text_encoder": (CLIPTextModelWithProjection, prior_dir), "unet": (UNet2DConditionModel, decoder_dir),
+                   "movq": (VQModel, decoder_dir)}[component]
+    module, config, params = _load(cls, folder / component / "config.json", dtype)
+    if component == "image_encoder":  # prior pipeline's _image_embeds
+        size = config["image_size"]
+        label, call = "CLIP ViT-bigG vision", f"embed 1 black {size}x{size} image (the zero-image negative)"
+        fn = lambda p, x: module.apply({"params": p}, x.astype(dtype)).image_embeds.astype(f32)
+        inputs = (s((1, size, size, config["num_channels"]), f32),)
+    elif component == "text_encoder":  # encode_texts(..., outputs=("text_embeds", "last_hidden_state"), use_mask=False)
+        label, call = "CLIP ViT-bigG text, projection", f"encode {CFG_BATCH}x{CLIP_LEN} tokens"
+        fn = lambda p, i: (lambda o: (o.text_embeds, o.last_hidden_state))(module.apply({"params": p}, i))
+        inputs = (s((CFG_BATCH, CLIP_LEN), i32),)
+    elif component == "prior":  # PriorDenoiser.predict, then the guidance
+        dim, tokens = config["embedding_dim"], config["num_embeddings"]
+        label, call = "PriorTransformer", f"1 step, CFG batch {CFG_BATCH}, embedding {dim}, {tokens} text tokens"
+        fn = lambda p, x, t, e, h, m: _guided(
+            module.apply({"params": p}, x.astype(dtype), t, e, h, m).predicted_image_embedding, KANDINSKY_GUIDANCE)
+        inputs = (s((CFG_BATCH, dim), f32), s((CFG_BATCH,), i32), s((CFG_BATCH, dim), dtype),
+                  s((CFG_BATCH, tokens, dim), dtype), s((CFG_BATCH, tokens), i32))
+    elif component == "unet":  # KandinskyDenoiser.predict (2.2: image_embeds, no encoder_hidden_states), the guidance
+        channels = movq_config["latent_channels"]
+        label = "Kandinsky 2.2 UNet2DConditionModel"
+        call = f"1 step, CFG batch {CFG_BATCH}, {side}x{side} latents ({resolution}x{resolution}), image_embeds only"
+        fn = lambda p, x, t, e: _guided(
+            module.apply({"params": p}, x, t, None, added_cond_kwargs={"image_embeds": e}).sample, KANDINSKY_GUIDANCE,
+            channels)
+        inputs = (s((CFG_BATCH, side, side, channels), f32), s((CFG_BATCH,), i32),
+                  s((CFG_BATCH, config["encoder_hid_dim"]), dtype))
+    else:  # decode_movq
+        label, call = "MoVQ VQModel", f"decode 1 image {resolution}x{resolution}, not quantized"
+        fn = lambda p, z: module.apply({"params": p}, z.astype(dtype), force_not_quantize=True,
+                                       method="decode").sample.astype(f32)
+        inputs = (s((1, side, side, config["latent_channels"]), f32),)
+    count = sum(int(x.size) for x in jax.tree_util.tree_leaves(params))
+    return _row(f"{component} ({label}, {count / 1e9:.2f}B)", call, dtype_name, params, fn, *inputs,
+                resolution=resolution, param_count=count)
+
+
+def kandinsky_summary(rows: list[dict]) -> list[dict]:
+    """Kandinsky 2.2 text-to-image peaks per dtype and image size: the image encoder loaded alone (its
+    zero-image embedding), freed, then the text encoder, prior, UNet and MoVQ resident through phases
+    1-4; against all five resident (diffusers keeps them); and the headroom on a 16 GiB chip."""
+    out = []
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        for resolution in sorted({r["resolution"] for r in rows if r["resolution"] is not None}):
+            pick = {r["component"].split()[0]: r for r in rows
+                    if r["dtype"] == dtype and r["resolution"] in (None, resolution)}
+            names = ["image_encoder", "text_encoder", "prior", "unet", "movq"]
+            if not all(n in pick for n in names):
+                continue
+            loaded = [pick[n] for n in names[1:]]
+            params = sum(r["param_bytes"] for r in loaded)
+            phases = {"image_encoder": _resident([pick["image_encoder"]]),
+                      **{n: params + pick[n]["extra_bytes"] for n in names[1:]}}
+            peak, naive = max(phases.values()), _resident([pick[n] for n in names])
+            out.append({"dtype": dtype, "resolution": resolution, "phase_peak_bytes": phases,
+                        "peak_bytes": peak, "peak_phase": max(phases, key=phases.get), "all_resident_peak_bytes": naive,
+                        "headroom_16_gib_bytes": CHIP_BYTES - peak, "all_resident_headroom_16_gib_bytes": CHIP_BYTES - naive})
+    return out
+
+
+def pixart_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for component in args.components:
         for dtype in args.dtypes:
@@ -217,18 +311,106 @@ def main() -> None:
             if component == "text_encoder":
                 row = text_encoder_row(args.configs, dtype)
             elif component == "transformer":
-                row = transformer_row(args.configs, dtype, args.resolution)
+                row = transformer_row(args.configs, dtype, args.resolution[0])
             else:
-                row = vae_row(args.configs, dtype, args.resolution)
+                row = vae_row(args.configs, dtype, args.resolution[0])
             print(f"# {row['component']} {row['dtype']}: compiled in {row['compile_s']} s", file=sys.stderr, flush=True)
             rows.append(row)
     if "transformer" in args.components and not args.no_flash_estimate:
         dtype = "bfloat16" if "bfloat16" in args.dtypes else args.dtypes[0]
-        rows.append(transformer_row(args.configs, dtype, args.resolution, attention="splash"))
+        rows.append(transformer_row(args.configs, dtype, args.resolution[0], attention="splash"))
+    return rows
 
+
+def kandinsky_rows(args: argparse.Namespace) -> list[dict]:
+    prior_dir, decoder_dir = (args.configs / name for name in KANDINSKY_22)
+    rows = []
+    for component in args.components:
+        for dtype in args.dtypes:
+            for resolution in args.resolution if component in ("unet", "movq") else [None]:
+                rows.append(kandinsky_row(component, prior_dir, decoder_dir, dtype, resolution))
+                print(f"# {rows[-1]['component']} {dtype} {resolution or ''}: compiled in {rows[-1]['compile_s']} s",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def print_pixart_summary(summary: list[dict]) -> None:
+    print("\n| pipeline dtype | peak GiB, all components resident | peak GiB after the text encoder is dropped |")
+    print("|---|---|---|")
+    for s in summary:
+        print(f"| {s['pipeline']} | {s['all_resident_peak_bytes'] / GIB:.2f} | {s['without_text_encoder_peak_bytes'] / GIB:.2f} |")
+
+
+def print_kandinsky_summary(summary: list[dict]) -> None:
+    print("\nPeak GiB of each phase with what is resident then (phase 0: the image encoder alone; 1-4: text encoder,"
+          " prior, UNet and MoVQ params + the phase's program beyond the params it reads):\n")
+    print("| dtype | image | 0 image encoder | 1 text encoder | 2 prior | 3 unet | 4 movq | peak GiB | 16 GiB chip: "
+          "headroom GiB | naive, all five resident GiB | naive headroom GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        phases = " | ".join(f"{v / GIB:.2f}" for v in s["phase_peak_bytes"].values())
+        print(f"| {s['dtype']} | {s['resolution']}x{s['resolution']} | {phases} | {s['peak_bytes'] / GIB:.2f} | "
+              f"{s['headroom_16_gib_bytes'] / GIB:.2f} | {s['all_resident_peak_bytes'] / GIB:.2f} | "
+              f"{s['all_resident_headroom_16_gib_bytes'] / GIB:.2f} |")
+
+
+# model: (configs, resolutions, components, dtypes, rows, summary, print summary, title, JSON head)
+MODELS = {
+    "pixart": (DEFAULT_CONFIGS, [1024], ["text_encoder", "transformer", "vae"], ["float32", "bfloat16", "int8"],
+               pixart_rows, pipeline_summary, print_pixart_summary,
+               lambda a: f"PixArt-α components ({a.configs.name}), {a.resolution[0]}x{a.resolution[0]}",
+               lambda a: {"resolution": a.resolution[0], "text_len": TEXT_LEN, "cfg_batch": CFG_BATCH,
+                          "configs": a.configs.name}),
+    "kandinsky-2-2": (REPO / "tests" / "configs", [512, 768], ["image_encoder", "text_encoder", "prior", "unet", "movq"],
+                      ["float32", "bfloat16"], kandinsky_rows, kandinsky_summary, print_kandinsky_summary,
+                      lambda a: f"Kandinsky 2.2 text-to-image ({', '.join(KANDINSKY_22)}), 1 image, guidance on, "
+                                f"{' and '.join(f'{r}x{r}' for r in a.resolution)}",
+                      lambda a: {"model": "kandinsky-2-2", "resolutions": a.resolution, "text_len": CLIP_LEN,
+                                 "cfg_batch": CFG_BATCH, "configs": list(KANDINSKY_22), "chip_bytes": CHIP_BYTES}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="pixart")
+    parser.add_argument("--configs", type=Path, default=None,
+                        help="pixart: the model's folder (default the 1024-MS configs); kandinsky-2-2: the folder "
+                             "holding the 2.2 prior and decoder folders (default tests/configs)")
+    parser.add_argument("--resolution", type=int, nargs="+", default=None,
+                        help="image size: pixart one (default 1024), kandinsky-2-2 one or more (default 512 768)")
+    parser.add_argument("--components", nargs="+", default=None,
+                        help="pixart: text_encoder transformer vae; kandinsky-2-2: image_encoder text_encoder prior "
+                             "unet movq (default all)")
+    parser.add_argument("--dtypes", nargs="+", default=None,
+                        help="float32, bfloat16 (default both), int8 for pixart's text encoder only (weight-only, "
+                             "bfloat16 compute; pixart's default includes it)")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-flash-estimate", action="store_true",
+                        help="pixart: skip the transformer row with splash (flash) attention instead of XLA's")
+    parser.add_argument("--concurrency-scheduler", action="store_true",
+                        help="keep XLA:CPU's default concurrency-optimised scheduler (more memory)")
+    args = parser.parse_args()
+    configs, resolutions, components, dtypes, rows_of, summarise, print_summary, title, json_head = MODELS[args.model]
+    args.configs = args.configs or configs
+    args.resolution = args.resolution or resolutions
+    args.components = args.components or components
+    args.dtypes = args.dtypes or dtypes
+    if unknown := set(args.components) - set(components):
+        parser.error(f"--model {args.model} has no components {sorted(unknown)}; it has {components}")
+    if unknown := set(args.dtypes) - set(dtypes):
+        parser.error(f"--model {args.model} takes --dtypes among {dtypes}, not {sorted(unknown)}")
+    if args.model == "pixart" and len(args.resolution) != 1:
+        parser.error("--model pixart takes one --resolution")
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if not args.concurrency_scheduler and "concurrency_optimized_scheduler" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_enable_concurrency_optimized_scheduler=false".strip()
+    import jax
+
+    rows = rows_of(args)
     device = jax.devices()[0]
-    print(f"PixArt-α components ({args.configs.name}), {args.resolution}x{args.resolution}; memory analysis of the "
-          f"compiled programs on {device.platform} ({platform.machine()}), jax {jax.__version__}"
+    print(f"{title(args)}; memory analysis of the compiled programs on {device.platform} ({platform.machine()}), "
+          f"jax {jax.__version__}"
           + (", XLA:CPU concurrency-optimised scheduler off" if "scheduler=false" in os.environ.get("XLA_FLAGS", "") else "")
           + "\n")
     print("| component | call | dtype | params GiB | temp GiB | peak GiB |")
@@ -236,17 +418,13 @@ def main() -> None:
     for r in rows:
         print(f"| {r['component']} | {r['call']} | {r['dtype']} | {r['param_bytes'] / GIB:.2f} | "
               f"{r['temp_bytes'] / GIB:.2f} | {r['peak_bytes'] / GIB:.2f} |")
-    summary = pipeline_summary(rows)
+    summary = summarise(rows)
     if summary:
-        print("\n| pipeline dtype | peak GiB, all components resident | peak GiB after the text encoder is dropped |")
-        print("|---|---|---|")
-        for s in summary:
-            print(f"| {s['pipeline']} | {s['all_resident_peak_bytes'] / GIB:.2f} | {s['without_text_encoder_peak_bytes'] / GIB:.2f} |")
+        print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps({
-            "resolution": args.resolution, "text_len": TEXT_LEN, "cfg_batch": CFG_BATCH, "configs": args.configs.name,
-            "backend": device.platform, "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "rows": rows, "pipeline": summary,
+            **json_head(args), "backend": device.platform, "jax": jax.__version__,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "rows": rows, "pipeline": summary,
         }, indent=2) + "\n")
 
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+import PIL.Image
+
 __all__ = ["main"]
 
 
@@ -45,6 +47,12 @@ def _call_options(args: argparse.Namespace, takes: Any) -> dict:
             call[name] = value
     if args.no_resolution_binning:
         call["use_resolution_binning"] = False
+    for name in ("image", "hint"):  # image files, given to the pipeline as PIL images
+        path = getattr(args, name, None)
+        if path is not None:
+            call[name] = PIL.Image.open(path).convert("RGB")
+    if getattr(args, "strength", None) is not None:
+        call["strength"] = args.strength
     unknown = sorted(k for k in call if takes is not None and k not in takes)
     if unknown:
         raise ValueError(f"--model {args.model}: its pipeline does not take {unknown}")
@@ -57,16 +65,17 @@ def _generate(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     from jaxgen import registry
-    from jaxgen.pipelines.auto_pipeline import AutoPipelineForText2Image
+    from jaxgen.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForText2Image, checkpoint_class_name
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    cls = AutoPipelineForText2Image.pipeline_class_for(args.model)
-    family = registry.family_of(cls.__name__)
-    if family is not None and family.cli_generate is not None:  # more than one pipeline call (the IF cascade)
+    family = registry.family_of(checkpoint_class_name(args.model))
+    if family is not None and family.cli_generate is not None:  # more than one pipeline call (IF, Kandinsky)
         module, name = family.cli_generate.split(":")
         save_stage = lambda images, stage: _save_pngs(images, _stage_paths(args.out, len(images), stage))
         images = registry.load(module, name)(args, _call_options(args, None), dtype, save_stage)
     else:
+        auto = AutoPipelineForImage2Image if args.image is not None else AutoPipelineForText2Image
+        cls = auto.pipeline_class_for(args.model)
         call = _call_options(args, inspect.signature(cls.__call__).parameters)
         images = cls.from_pretrained(args.model, dtype=dtype)(args.prompt, **call).images
     _save_pngs(images, _output_paths(args.out, len(images)))
@@ -137,6 +146,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="the prior's repo or folder (default: the one the decoder's README.md names)")
     prior.add_argument("--prior-steps", type=int, default=None, help="the prior's denoising steps (default 25)")
     prior.add_argument("--prior-guidance", type=float, default=None, help="the prior's guidance scale (default 4)")
+    inputs = gen.add_argument_group("image inputs (pipelines that take them)")
+    inputs.add_argument("--image", default=None, help="image file: image to image from it")
+    inputs.add_argument("--strength", type=float, default=None, help="image to image: how much to change (0-1)")
+    inputs.add_argument("--hint", default=None, help="Kandinsky 2.2 ControlNet: the hint image (a depth map)")
 
     batch = sub.add_parser(
         "batch", help="generate a set of prompts into a folder, resumable",

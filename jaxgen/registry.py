@@ -68,6 +68,8 @@ def _same_target(names: Mapping[str, str], target: str) -> dict[str, str]:
 _IF_STAGE_I = ("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline")
 _KANDINSKY = ("KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "KandinskyCombinedPipeline",
               "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline")
+_KANDINSKY_22 = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline",
+                 "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline", "KandinskyV22InpaintCombinedPipeline")
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -127,6 +129,21 @@ FAMILIES: tuple[Family, ...] = (
             "inpainting": _same_target(_KANDINSKY, "KandinskyInpaintCombinedPipeline"),
         },
         cli_generate="jaxgen.pipelines.kandinsky.combined:cli_generate",
+    ),
+    Family(
+        "kandinsky2_2",
+        pipelines=dict.fromkeys(
+            ("KandinskyV22PriorPipeline", "KandinskyV22PriorEmb2EmbPipeline", *_KANDINSKY_22,
+             "KandinskyV22ControlnetPipeline", "KandinskyV22ControlnetImg2ImgPipeline"),
+            "jaxgen.pipelines.kandinsky2_2",
+        ),
+        # as diffusers' AUTO_*_PIPELINES_MAPPING["kandinsky22"] (the ControlNet's class is in none of them)
+        tasks={
+            "text-to-image": _same_target(_KANDINSKY_22, "KandinskyV22CombinedPipeline"),
+            "image-to-image": _same_target(_KANDINSKY_22, "KandinskyV22Img2ImgCombinedPipeline"),
+            "inpainting": _same_target(_KANDINSKY_22, "KandinskyV22InpaintCombinedPipeline"),
+        },
+        cli_generate="jaxgen.pipelines.kandinsky2_2.combined:cli_generate",
     ),
     Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III

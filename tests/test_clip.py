@@ -222,6 +222,9 @@ def _coverage(cls, torch_model, cfg_dict):
         ("kandinsky-community__kandinsky-2-2-prior", "text_encoder", CLIPTextModelWithProjection,
          transformers.CLIPTextModelWithProjection,
          dict(hidden_size=1280, num_hidden_layers=32, hidden_act="gelu", projection_dim=1280)),
+        ("kandinsky-community__kandinsky-2-2-prior", "image_encoder", CLIPVisionModelWithProjection,  # ViT-bigG
+         transformers.CLIPVisionModelWithProjection,
+         dict(hidden_size=1664, num_hidden_layers=48, patch_size=14, hidden_act="gelu", projection_dim=1280)),
         ("thu-ml__unidiffuser-v1", "image_encoder", CLIPVisionModelWithProjection,
          transformers.CLIPVisionModelWithProjection,
          dict(hidden_size=768, num_hidden_layers=12, patch_size=32, projection_dim=512)),

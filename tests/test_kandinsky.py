@@ -72,7 +72,7 @@ def _decoder(cls, folder, in_channels: int, tokenizer, seed: int, movq_levels: i
     return pipe
 
 
-def _prior(folder, seed: int):
+def _prior(folder, seed: int, cls=diffusers.KandinskyPriorPipeline):
     torch.manual_seed(seed)
     tokenizer = make_clip_tokenizer(folder / "_tok", max_length=TEXT_LEN)
     text = transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
@@ -89,9 +89,9 @@ def _prior(folder, seed: int):
     processor = transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
     scheduler = diffusers.UnCLIPScheduler(variance_type="fixed_small_log", prediction_type="sample", clip_sample=True,
                                           clip_sample_range=10.0, num_train_timesteps=1000)
-    pipe = diffusers.KandinskyPriorPipeline(prior=perturb_(prior, seed=seed), image_encoder=perturb_(vision, seed=seed + 1),
-                                            text_encoder=perturb_(text, seed=seed + 2), tokenizer=tokenizer,
-                                            scheduler=scheduler, image_processor=processor)
+    pipe = cls(prior=perturb_(prior, seed=seed), image_encoder=perturb_(vision, seed=seed + 1),
+               text_encoder=perturb_(text, seed=seed + 2), tokenizer=tokenizer, scheduler=scheduler,
+               image_processor=processor)
     pipe.save_pretrained(folder)
     return pipe
 
@@ -118,6 +118,12 @@ def kandinsky(tmp_path_factory):
     folders, torch_pipes = build_tiny_kandinsky(tmp_path_factory.mktemp("kandinsky"))
     classes = {"prior": jaxgen.KandinskyPriorPipeline, "decoder": jaxgen.KandinskyPipeline,
                "inpaint": jaxgen.KandinskyInpaintPipeline}
+    return with_jaxgen_pipes(folders, torch_pipes, classes)
+
+
+def with_jaxgen_pipes(folders: dict, torch_pipes: dict, classes: dict) -> tuple[dict, dict, dict]:
+    """(folders, the diffusers pipelines, jaxgen's: ``classes[name].from_pretrained(folders[name])``), all
+    without progress bars."""
     ours = {name: cls.from_pretrained(folders[name]) for name, cls in classes.items()}
     for pipe in (*ours.values(), *torch_pipes.values()):
         pipe.set_progress_bar_config(disable=True)
@@ -156,14 +162,15 @@ def _embeds(seed: int, rows: int) -> np.ndarray:
 # --------------------------------------------------------------------------- the prior
 
 
-def _unclip_noise(monkeypatch, steps: int, rows: int, rng: int = 0) -> None:
+def _unclip_noise(monkeypatch, steps: int, rows: int, rng: int = 0, start: int = 0) -> None:
     """diffusers' UnCLIP steps get the variance noise jaxgen's draw: the prior's loop key is the second of
     ``split(key(rng))``, step i's noise normal(fold_in(fold_in(loop key, i), i)) (the loop folds the step
-    in, the scheduler's ``draw_noise`` its step index). diffusers draws at every step but the last (t > 0);
-    each call of the prior (``interpolate`` makes several) starts the table again."""
+    in, the scheduler's ``draw_noise`` its step index; ``start``: the first step run, emb2emb's). diffusers
+    draws at every step but the last (t > 0); each call of the prior (``interpolate`` makes several)
+    starts the table again."""
     loop_key = jax.random.split(jax.random.key(rng))[1]
     table = [np.asarray(jax.random.normal(jax.random.fold_in(jax.random.fold_in(loop_key, i), i), (rows, EMBED)))
-             for i in range(steps - 1)]
+             for i in range(start, steps - 1)]
     calls = []
 
     def torch_randn(shape, **kwargs):

@@ -32,6 +32,7 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     from tests.test_stable_diffusion_upscale import build_tiny_upscale
 
     from tests.test_kandinsky import build_tiny_kandinsky
+    from tests.test_kandinsky22 import build_tiny_kandinsky22
 
     root = tmp_path_factory.mktemp("readme_models")
     geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
@@ -50,6 +51,10 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     kandinsky, _ = build_tiny_kandinsky(root / "kandinsky", movq_levels=4)
     for name, repo in (("prior", "kandinsky-2-1-prior"), ("decoder", "kandinsky-2-1"), ("inpaint", "kandinsky-2-1-inpaint")):
         folders[f"kandinsky-community/{repo}"] = kandinsky[name]
+    kandinsky22, _ = build_tiny_kandinsky22(root / "kandinsky22", movq_levels=4)
+    for name, repo in (("prior", "kandinsky-2-2-prior"), ("decoder", "kandinsky-2-2-decoder"),
+                       ("controlnet", "kandinsky-2-2-controlnet-depth")):
+        folders[f"kandinsky-community/{repo}"] = kandinsky22[name]
     return folders
 
 

@@ -156,6 +156,18 @@ def test_jit_equals_eager():
     assert rel_l2(jitted, eager) < 1e-6
 
 
+def test_kandinsky_22_parity_image_embeddings_only(tmp_path_factory):
+    """2.2's decoder UNet: no text, the image embedding projected as the context and added to the time embedding."""
+    config = dict(KANDINSKY_22_HINT, in_channels=4, addition_embed_type="image", class_embed_type=None,
+                  projection_class_embeddings_input_dim=None)
+    model, module, params = _save_tiny(tmp_path_factory, "k22i", config, 6)
+    g = torch.Generator().manual_seed(7)
+    sample = torch.randn(2, 4, 8, 8, generator=g)
+    out, ref = _compare(model, module, params, sample, torch.tensor([3, 700]), None,
+                        added_cond_kwargs={"image_embeds": torch.randn(2, 24, generator=g)})
+    assert rel_l2(out, ref) < TOL
+
+
 def test_kandinsky_22_like_parity_image_hint_projection_class_scalar_timestep(tmp_path_factory):
     model, module, params = _save_tiny(tmp_path_factory, "k22", KANDINSKY_22_HINT, 4)
     g = torch.Generator().manual_seed(5)

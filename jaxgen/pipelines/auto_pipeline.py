@@ -11,9 +11,19 @@ from typing import Any
 
 from jaxgen import hub, registry
 
-__all__ = ["AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "pipeline_class"]
+__all__ = ["AutoPipelineForText2Image", "AutoPipelineForImage2Image", "AutoPipelineForInpainting", "pipeline_class",
+           "checkpoint_class_name"]
 
 pipeline_class = registry.pipeline_class
+
+
+def checkpoint_class_name(pretrained_model_name_or_path: str | os.PathLike) -> str:
+    """The ``_class_name`` of a checkpoint's model_index.json (nothing else is downloaded)."""
+    root = hub.resolve_pipeline(pretrained_model_name_or_path, lambda index: {})
+    class_name = hub.load_model_index(root).get("_class_name")
+    if not isinstance(class_name, str):
+        raise hub.CheckpointError(f"{root}/model_index.json has no _class_name")
+    return class_name
 
 
 class _AutoPipeline:
@@ -28,10 +38,7 @@ class _AutoPipeline:
     @classmethod
     def pipeline_class_for(cls, pretrained_model_name_or_path: str | os.PathLike) -> type:
         """The jaxgen pipeline class this Auto pipeline loads for a checkpoint."""
-        root = hub.resolve_pipeline(pretrained_model_name_or_path, lambda index: {})
-        class_name = hub.load_model_index(root).get("_class_name")
-        if not isinstance(class_name, str):
-            raise hub.CheckpointError(f"{root}/model_index.json has no _class_name")
+        class_name = checkpoint_class_name(pretrained_model_name_or_path)
         target = registry.task_pipeline(cls._task, class_name)
         if target is None:
             raise ValueError(f"{cls.__name__} cannot load {class_name!r}: jaxgen has no {cls._task} pipeline for it")

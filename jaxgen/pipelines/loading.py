@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jaxgen import hub, sharding
 
 __all__ = [
-    "ComponentSpec", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
+    "ComponentSpec", "DeferredModel", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
 ]
 
 
@@ -41,13 +41,42 @@ class ComponentSpec:
     optional: bool = False
 
 
+class DeferredModel:
+    """A model component that is not resident: where its params are, loaded when first needed.
+
+    ``config`` and ``dtype`` read like a loaded module's (its config.json is read, no params).
+    ``load(mesh)`` returns the bound module with its params on ``mesh``; the pipeline that needs it
+    keeps it from then on (``DiffusionPipeline.resident``). ``outputs``: small results computed from
+    the model while it was loaded (Kandinsky 2.2's zero-image embedding), shared by every pipeline
+    built with this component, so they need not load it again.
+    """
+
+    def __init__(self, model_class: Any, pretrained_model_name_or_path: str | os.PathLike, subfolder: str, *,
+                 dtype: Any, variant: str | None = None) -> None:
+        self.model_class, self.source, self.subfolder = model_class, pretrained_model_name_or_path, subfolder
+        self.dtype, self.variant = dtype, variant
+        root = hub.resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, kind="model", variant=variant)
+        folder = hub.component_folder(root, subfolder)
+        self.config = model_class.from_config(hub.load_config(folder, model_class.config_name), dtype=dtype).config
+        self.outputs: dict[str, Any] = {}
+
+    def load(self, mesh: Mesh | None = None) -> Any:
+        """The bound module, its params read now (placed on ``mesh``)."""
+        module, params = self.model_class.from_pretrained(self.source, subfolder=self.subfolder, dtype=self.dtype,
+                                                          variant=self.variant, mesh=mesh)
+        return module.bind({"params": params})
+
+    def __repr__(self) -> str:
+        return f"DeferredModel({self.model_class.__name__}, {os.fspath(self.source)!r}, subfolder={self.subfolder!r})"
+
+
 def bind_model(value: Any) -> Any:
-    """A component value as passed by a user -> a bound flax module (or None).
+    """A component value as passed by a user -> a bound flax module (or None, or a ``DeferredModel`` as it is).
 
     Accepts a bound module, or the ``(module, params)`` pair that ``Model.from_pretrained`` returns.
     """
-    if value is None:
-        return None
+    if value is None or isinstance(value, DeferredModel):
+        return value
     if isinstance(value, tuple) and len(value) == 2:
         module, params = value
         variables = params if isinstance(params, Mapping) and "params" in params else {"params": params}
@@ -186,7 +215,7 @@ def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[
         if spec.kind != "model":
             continue
         if name in components:
-            if components[name] is None:
+            if components[name] is None or isinstance(components[name], DeferredModel):
                 continue
             module, variables = bind_model(components[name]).unbind()
             sizes[name] = param_bytes(variables["params"])

@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from jaxgen import sharding
 from jaxgen.image_processing import numpy_to_pil, postprocess
 from jaxgen.pipelines import checks, progress, sampling
-from jaxgen.pipelines.loading import ComponentSpec, bind_model, load_components, place_on_mesh, unbind
+from jaxgen.pipelines.loading import ComponentSpec, DeferredModel, bind_model, load_components, place_on_mesh, unbind
 from jaxgen.pipelines.outputs import BaseOutput, ImagePipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,8 @@ class DiffusionPipeline:
             name: bind_model(components.get(name)) if spec.kind == "model" else components.get(name)
             for name, spec in self._components.items()
         }
-        models = {n: bound[n] for n, spec in self._components.items() if spec.kind == "model" and bound[n] is not None}
+        models = {n: bound[n] for n, spec in self._components.items()
+                  if spec.kind == "model" and bound[n] is not None and not isinstance(bound[n], DeferredModel)}
         if mesh is None:
             mesh = next((m for m in (sharding.mesh_of(v.variables) for v in models.values()) if m is not None), None)
             if mesh is None:  # params on one device (or none at all): a 1-device mesh there
@@ -212,6 +213,16 @@ class DiffusionPipeline:
     def components(self) -> dict[str, Any]:
         """The components by name, to build another pipeline without reloading: ``Other(**pipe.components)``."""
         return {name: getattr(self, name) for name in self._components}
+
+    def resident(self, name: str) -> Any:
+        """The model component ``name``, loaded onto ``pipe.mesh`` first if it was deferred (``DeferredModel``):
+        it stays loaded from then on. None when the pipeline has none."""
+        value = getattr(self, name)
+        if isinstance(value, DeferredModel):
+            logger.info("jaxgen: loading %s (%s) now: the call needs it", name, value.model_class.__name__)
+            value = value.load(self.mesh)
+            setattr(self, name, value)
+        return value
 
     @classmethod
     def from_pretrained(

@@ -29,7 +29,7 @@ from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import as_key
 
 __all__ = ["KandinskyCombinedPipeline", "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline",
-           "connected_prior", "cli_generate"]
+           "connected_prior", "cli_generate", "run_combined", "prior_options"]
 
 PRIOR = "prior_"
 
@@ -84,8 +84,16 @@ class _KandinskyCombined:
         self.decoder_pipe = self._decoder_class(mesh=mesh, **components)
         self.prior_pipe = self._prior_class(mesh=self.decoder_pipe.mesh, **prior)
         self.mesh = self.decoder_pipe.mesh
-        for name, value in self.components.items():
-            setattr(self, name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        """The components by diffusers' names (``pipe.unet``, ``pipe.prior_prior``), read from the two pipelines
+        (so a deferred component the prior has loaded since reads as loaded here too)."""
+        if name.startswith("_") or name in ("decoder_pipe", "prior_pipe"):
+            raise AttributeError(name)
+        components = self.components
+        if name not in components:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return components[name]
 
     @classmethod
     def from_pipes(cls, prior_pipe: Any, decoder_pipe: Any) -> "_KandinskyCombined":
@@ -100,11 +108,12 @@ class _KandinskyCombined:
         folder or a loaded prior pipeline; default: the one the decoder's README.md names), on one mesh.
         ``prior_<name>=`` keywords are the prior's components, others the decoder's."""
         prior_components = {k[len(PRIOR):]: components.pop(k) for k in list(components) if k.startswith(PRIOR)}
-        decoder = cls._decoder_class.from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant,
-                                                     mesh=mesh, **components)
+        # the prior first: 2.2's loads its image encoder alone before anything else (a lower peak)
         if not isinstance(prior, cls._prior_class):
             prior = cls._prior_class.from_pretrained(prior or connected_prior(pretrained_model_name_or_path),
-                                                     dtype=dtype, variant=variant, mesh=decoder.mesh, **prior_components)
+                                                     dtype=dtype, variant=variant, mesh=mesh, **prior_components)
+        decoder = cls._decoder_class.from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant,
+                                                     mesh=prior.mesh, **components)
         return cls.from_pipes(prior, decoder)
 
     @property
@@ -125,6 +134,19 @@ class _KandinskyCombined:
                               num_inference_steps=num_inference_steps, rng=prior_key, latents=latents,
                               guidance_scale=guidance_scale, output_type="pt", return_dict=False)
         return out[0], out[1], decoder_key
+
+    def decode(self, prompt: Any, image_embeds: jax.Array, negative_image_embeds: jax.Array, key: jax.Array,
+               images: dict[str, Any], **options: Any) -> ImagePipelineOutput | tuple:
+        """The decoder on the prior's rows (each prompt's images in a row): the prompt (2.1's decoders take
+        it) and each image argument repeated per row (a single mask is shared), then ``options``."""
+        n = image_embeds.shape[0]
+        call = dict(options, image_embeds=image_embeds, negative_image_embeds=negative_image_embeds, rng=key)
+        if "prompt" in self.decoder_pipe.call_parameters():
+            call["prompt"] = _per_image(prompt, n, "prompt")
+        for name, value in images.items():
+            shared = name == "mask_image" and not (isinstance(value, (list, tuple)) and len(value) > 1)
+            call[name] = value if shared else _per_image(value, n, name)
+        return self.decoder_pipe(**call)
 
     def warmup(self, height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                batch_size: int = 1, prior_num_inference_steps: int | None = None, **kwargs: Any) -> float:
@@ -162,11 +184,9 @@ class KandinskyCombinedPipeline(_KandinskyCombined):
         (and ``negative_prompt``, and ``latents`` as its initial noise), the decoder the rest."""
         embeds, negative, key = self.prior_embeds(prompt, negative_prompt, num_images_per_prompt,
                                                   prior_num_inference_steps, prior_guidance_scale, rng, latents)
-        return self.decoder_pipe(
-            prompt=_per_image(prompt, embeds.shape[0], "prompt"), image_embeds=embeds, negative_image_embeds=negative,
-            width=width, height=height, num_inference_steps=num_inference_steps, rng=key, guidance_scale=guidance_scale,
-            output_type=output_type, callback=callback, callback_steps=callback_steps, return_dict=return_dict,
-        )
+        return self.decode(prompt, embeds, negative, key, {}, width=width, height=height,
+                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, output_type=output_type,
+                           callback=callback, callback_steps=callback_steps, return_dict=return_dict)
 
 
 class KandinskyImg2ImgCombinedPipeline(_KandinskyCombined):
@@ -197,13 +217,10 @@ class KandinskyImg2ImgCombinedPipeline(_KandinskyCombined):
         """As ``KandinskyCombinedPipeline``, plus ``image`` (one per prompt) and ``strength``."""
         embeds, negative, key = self.prior_embeds(prompt, negative_prompt, num_images_per_prompt,
                                                   prior_num_inference_steps, prior_guidance_scale, rng, latents)
-        n = embeds.shape[0]
-        return self.decoder_pipe(
-            prompt=_per_image(prompt, n, "prompt"), image=_per_image(image, n, "image"), image_embeds=embeds,
-            negative_image_embeds=negative, strength=strength, width=width, height=height,
-            num_inference_steps=num_inference_steps, rng=key, guidance_scale=guidance_scale, output_type=output_type,
-            callback=callback, callback_steps=callback_steps, return_dict=return_dict,
-        )
+        return self.decode(prompt, embeds, negative, key, {"image": image}, strength=strength, width=width,
+                           height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           output_type=output_type, callback=callback, callback_steps=callback_steps,
+                           return_dict=return_dict)
 
 
 class KandinskyInpaintCombinedPipeline(_KandinskyCombined):
@@ -234,24 +251,30 @@ class KandinskyInpaintCombinedPipeline(_KandinskyCombined):
         """As ``KandinskyCombinedPipeline``, plus ``image`` and ``mask_image`` (white = repaint)."""
         embeds, negative, key = self.prior_embeds(prompt, negative_prompt, num_images_per_prompt,
                                                   prior_num_inference_steps, prior_guidance_scale, rng, latents)
-        n = embeds.shape[0]
-        masks = mask_image if isinstance(mask_image, (list, tuple)) and len(mask_image) > 1 else None
-        return self.decoder_pipe(
-            prompt=_per_image(prompt, n, "prompt"), image=_per_image(image, n, "image"),
-            mask_image=_per_image(masks, n, "mask_image") if masks is not None else mask_image,
-            image_embeds=embeds, negative_image_embeds=negative, width=width, height=height,
-            num_inference_steps=num_inference_steps, rng=key, guidance_scale=guidance_scale, output_type=output_type,
-            callback=callback, callback_steps=callback_steps, return_dict=return_dict,
-        )
+        return self.decode(prompt, embeds, negative, key, {"image": image, "mask_image": mask_image}, width=width,
+                           height=height, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           output_type=output_type, callback=callback, callback_steps=callback_steps,
+                           return_dict=return_dict)
 
 
 def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
     """``jaxgen generate`` for a Kandinsky 2.1 decoder: prior then decoder (``--prior-model``, default the one
-    the decoder names; ``--prior-steps``, ``--prior-guidance``)."""
-    pipe = KandinskyCombinedPipeline.from_pretrained(args.model, prior=args.prior_model, dtype=dtype)
-    options = dict(call)
+    the decoder names; ``--prior-steps``, ``--prior-guidance``; ``--image`` / ``--strength``: image to image)."""
+    combined = KandinskyImg2ImgCombinedPipeline if "image" in call else KandinskyCombinedPipeline
+    return run_combined(combined, args, call, dtype)
+
+
+def prior_options(args: Any) -> dict:
+    """The prior's settings on the command line, as the combined pipelines name them."""
+    options = {}
     if args.prior_steps is not None:
         options["prior_num_inference_steps"] = args.prior_steps
     if args.prior_guidance is not None:
         options["prior_guidance_scale"] = args.prior_guidance
-    return pipe(args.prompt, **options).images
+    return options
+
+
+def run_combined(combined_class: type, args: Any, call: dict, dtype: Any) -> list:
+    """A combined pipeline from ``args.model`` (and ``--prior-model``) on the command line's prompt: its images."""
+    pipe = combined_class.from_pretrained(args.model, prior=args.prior_model, dtype=dtype)
+    return pipe(args.prompt, **call, **prior_options(args)).images

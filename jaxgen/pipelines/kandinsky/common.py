@@ -22,16 +22,17 @@ from jaxgen.image_processing import preprocess
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks
-from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, unbind
+from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
 from jaxgen.text.multilingual_clip import MultilingualCLIP
 
 __all__ = [
     "KandinskyDenoiser", "KandinskyDecoderBase", "decode_movq", "encode_movq", "latent_size", "image_embeds_rows",
-    "MAX_LENGTH",
+    "MAX_LENGTH", "HINT_FACTOR",
 ]
 
 MAX_LENGTH = 77  # diffusers' Kandinsky 2.1 tokenizes to 77 tokens
+HINT_FACTOR = 8  # 2.2's ControlNet UNet encodes its hint with three halvings (ImageHintTimeEmbedding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,18 +207,20 @@ class KandinskyDecoderBase(DiffusionPipeline):
               *, num_images_per_prompt: Any, guidance_scale: Any, output_type: Any, num_inference_steps: Any,
               images: dict[str, Any] | None = None) -> tuple[Batch, tuple]:
         """The checks a decoder call starts with, before anything is encoded or compiled: the run options,
-        ``prompt`` (a string or a list, diffusers' message), the size (image inputs: multiples of 64),
-        ``images`` (name -> argument: one per prompt; ``mask_image`` one or one per prompt) and the image
-        embeddings. Returns the call's rows and ``image_embeds_rows``' (positive, negative or None)."""
+        ``prompt`` (2.1: a string or a list, diffusers' message; None for 2.2, whose prompts are the rows of
+        ``image_embeds``), the size (image inputs: multiples of 64), ``images`` (name -> argument: one per
+        prompt; ``mask_image`` one or one per prompt) and the image embeddings. Returns the call's rows and
+        ``image_embeds_rows``' (positive, negative or None)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps)
-        if not isinstance(prompt, (str, list)):
+        if prompt is not None and not isinstance(prompt, (str, list)):
             raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
         if images:  # the MoVQ encodes them to latents the UNet must halve three times
             checks.check_size(height, width, self.movq_scale_factor**2)
         else:
             checks.check_size(height, width)
-        batch = self.batch(prompt, None, num_images_per_prompt)
+        rows = _as_rows(image_embeds, "image_embeds") if prompt is None else None  # 2.2: a prompt per row
+        batch = self.batch(prompt, rows, num_images_per_prompt)
         for name, value in (images or {}).items():
             if name == "mask_image":
                 checks.check_mask_argument(value, batch.prompts)
@@ -227,25 +230,46 @@ class KandinskyDecoderBase(DiffusionPipeline):
                                    guided=guidance_scale > 1.0)
         return batch, embeds
 
+    def latents_shape(self, batch: Batch, height: int, width: int, channels: int | None = None) -> tuple[int, ...]:
+        """The initial noise's shape: (images, h, w, ``channels``: default the MoVQ's latent channels)."""
+        size = latent_size(height, width, self.movq_scale_factor)
+        return (batch.total, *size, self.latent_channels if channels is None else channels)
+
     # -- the run -------------------------------------------------------------------------------
 
-    def sample(self, latents: Any, state: Any, text: tuple, image_embeds: tuple, guidance_scale: float,
-               key: jax.Array, batch: Batch, *, callback: Callable | None, callback_steps: int,
-               extra_channels: np.ndarray | None = None) -> jax.Array:
-        """The UNet in the shared loop. ``text``: ``encode_prompt``'s pair; ``image_embeds``: (positive,
-        negative or None); ``extra_channels`` (inpainting) the same for both guidance halves."""
+    def sample(self, latents: Any, state: Any, image_embeds: tuple, guidance_scale: float, key: jax.Array,
+               batch: Batch, *, text: tuple | None = None, per_image: dict[str, np.ndarray] | None = None,
+               post_step: Any = None, callback: Callable | None = None, callback_steps: int = 1) -> jax.Array:
+        """The UNet in the shared loop. ``image_embeds``: (positive, negative or None); ``text`` (2.1):
+        ``encode_prompt``'s pair; ``per_image``: conditioning that is the same for both guidance halves,
+        one row per image (``extra_channels``: inpainting's masked image and mask; ``hint``: the
+        ControlNet's; what ``post_step`` reads)."""
         module, params = unbind(self.unet)
-        (embeds, hidden), negative = text
-        guided = negative is not None
-        neg_embeds, neg_hidden = negative if guided else (None, None)
+        guided = image_embeds[1] is not None
         rows = lambda pos, neg: self.guidance_rows(pos, neg if guided else None, batch.rows, module.dtype)
-        cond = {"encoder_hidden_states": rows(hidden, neg_hidden), "text_embeds": rows(embeds, neg_embeds),
-                "image_embeds": rows(*image_embeds)}
-        if extra_channels is not None:
-            cond["extra_channels"] = rows(extra_channels, extra_channels)
+        cond = {"image_embeds": rows(*image_embeds)}
+        if text is not None:
+            (embeds, hidden), negative = text
+            neg_embeds, neg_hidden = negative if guided else (None, None)
+            cond.update(encoder_hidden_states=rows(hidden, neg_hidden), text_embeds=rows(embeds, neg_embeds))
+        for name, value in (per_image or {}).items():
+            cond[name] = self.guidance_rows(value, value if guided else None, batch.rows)
         denoiser = KandinskyDenoiser(module, self.latent_channels)
-        return self.denoise(denoiser, params, latents, state, cond, guidance_scale, key, batch, callback=callback,
-                            callback_steps=callback_steps)
+        return self.denoise(denoiser, params, latents, state, cond, guidance_scale, key, batch, post_step=post_step,
+                            callback=callback, callback_steps=callback_steps)
+
+    def sample_from_noise(self, latents: Any, shape: tuple[int, ...], num_inference_steps: int, guidance_scale: float,
+                          rng: Any, batch: Batch, image_embeds: tuple, *, noise_to_cond: bool = False,
+                          per_image: dict[str, Any] | None = None, **sample_options: Any) -> jax.Array:
+        """Text-to-image's run (and inpainting's): the initial noise (``latents`` or drawn from ``rng``'s first
+        key) times the scheduler's ``init_noise_sigma``, sampled over every step (``sample``'s options).
+        ``noise_to_cond``: the initial latents also go to ``per_image["noise"]`` (for a post step)."""
+        noise_key, step_key = jax.random.split(as_key(rng))
+        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
+        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
+        per_image = dict(per_image or {}, **({"noise": latents} if noise_to_cond else {}))
+        return self.sample(latents, state, image_embeds, guidance_scale, step_key, batch, per_image=per_image,
+                           **sample_options)
 
     def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
         """``warmup``: zero image embeddings (and, for the image pipelines, a gray image and mask)."""
@@ -257,5 +281,8 @@ class KandinskyDecoderBase(DiffusionPipeline):
             out["image"] = np.full((batch_size, *size, 3), 0.5, np.float32)
         if "mask_image" in takes:
             out["mask_image"] = np.zeros((batch_size, *size), np.float32)
+        if "hint" in takes:  # the ControlNet's
+            hint_size = tuple(HINT_FACTOR * s for s in latent_size(*size, self.movq_scale_factor))
+            out["hint"] = np.zeros((batch_size, *hint_size, 3), np.float32)
         return out
 

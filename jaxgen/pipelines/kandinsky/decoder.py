@@ -15,18 +15,13 @@ import numpy as np
 
 from jaxgen.image_processing import preprocess_mask, stack_image_arrays, _resize_nearest
 from jaxgen.pipelines import checks, tasks
-from jaxgen.pipelines.kandinsky.common import KandinskyDecoderBase, latent_size
+from jaxgen.pipelines.kandinsky.common import KandinskyDecoderBase
 from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import as_key
 from jaxgen.schedulers.base import _torch_linspace_f32, cumprod_f32
 
-__all__ = ["KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "noise_image_latents",
-           "shrink_kept_region"]
-
-
-def _keys(rng: Any) -> tuple[jax.Array, jax.Array]:
-    """``rng`` -> the keys of (the initial noise, the sampling steps)."""
-    return tuple(jax.random.split(as_key(rng)))
+__all__ = ["KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaintPipeline", "InpaintingParts",
+           "noise_image_latents", "shrink_kept_region", "masked_image_channels"]
 
 
 class KandinskyPipeline(KandinskyDecoderBase):
@@ -60,15 +55,12 @@ class KandinskyPipeline(KandinskyDecoderBase):
         batch, embeds = self.begin(kwargs, prompt, image_embeds, negative_image_embeds, height, width,
                                    num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                                    output_type=output_type, num_inference_steps=num_inference_steps)
-        shape = (batch.total, *latent_size(height, width, self.movq_scale_factor), self.unet.config.in_channels)
+        shape = self.latents_shape(batch, height, width, self.unet.config.in_channels)
         checks.check_latents(latents, shape)
 
         text = self.encode_prompt(prompt, num_images_per_prompt, guidance_scale > 1.0, negative_prompt)
-        noise_key, step_key = _keys(rng)
-        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
-        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
-        latents = self.sample(latents, state, text, embeds, guidance_scale, step_key, batch, callback=callback,
-                              callback_steps=callback_steps)
+        latents = self.sample_from_noise(latents, shape, num_inference_steps, guidance_scale, rng, batch, embeds,
+                                         text=text, callback=callback, callback_steps=callback_steps)
         return self.output(latents, batch, output_type, return_dict)
 
 
@@ -118,18 +110,18 @@ class KandinskyImg2ImgPipeline(KandinskyDecoderBase):
                                    images={"image": image})
         checks.check_strength(strength)
         init = self.preprocess_image(image, height, width)
-        shape = (batch.total, *latent_size(height, width, self.movq_scale_factor), self.unet.config.in_channels)
+        shape = self.latents_shape(batch, height, width, self.unet.config.in_channels)
         checks.check_latents(latents, shape)
 
         text = self.encode_prompt(prompt, num_images_per_prompt, guidance_scale > 1.0, negative_prompt)
-        noise_key, step_key = _keys(rng)
+        noise_key, step_key = jax.random.split(as_key(rng))
         state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
         state = tasks.start_at_strength(state, strength, self.scheduler.order)
         init_latents = np.repeat(self.encode_images(init), num_images_per_prompt, axis=0)
         noise = self.initial_noise(latents, noise_key, shape)
         start = noise_image_latents(init_latents * self.scheduler.init_noise_sigma, noise, strength,
                                     self.scheduler.config["num_train_timesteps"])
-        start = self.sample(start, state, text, embeds, guidance_scale, step_key, batch, callback=callback,
+        start = self.sample(start, state, embeds, guidance_scale, step_key, batch, text=text, callback=callback,
                             callback_steps=callback_steps)
         return self.output(start, batch, output_type, return_dict)
 
@@ -149,7 +141,48 @@ def shrink_kept_region(mask: np.ndarray) -> np.ndarray:
     return out[..., None]
 
 
-class KandinskyInpaintPipeline(KandinskyDecoderBase):
+def masked_image_channels(image_latents: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """The inpainting UNet's extra input: [masked image latents, keep mask] on the channel axis."""
+    return np.concatenate([image_latents * keep, keep], axis=-1)
+
+
+class InpaintingParts:
+    """What Kandinsky's inpainting decoders (2.1 and 2.2) share: the mask's preprocessing, the image's
+    latents with the kept region, and diffusers' check of the UNet's input channels."""
+
+    def preprocess_mask(self, mask_image: Any, height: int, width: int) -> np.ndarray:
+        """``mask_image`` -> float32 (N, H, W, 1) of 0/1, 1 = repaint: PIL masks resized to ``width`` x
+        ``height`` (Lanczos, grayscale), arrays at their size; binarized at 0.5."""
+        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
+        if not isinstance(masks[0], np.ndarray | jax.Array):
+            return preprocess_mask(mask_image, height, width, vae_scale_factor=1, resample="lanczos")
+        arrays = [np.asarray(m, np.float32) for m in masks]
+        if len(arrays) == 1 and arrays[0].ndim == 3 and arrays[0].shape[-1] == 1:
+            arrays = [arrays[0][..., 0]]
+        out = stack_image_arrays(arrays, "mask_image")
+        return np.where(out < 0.5, 0.0, 1.0).astype(np.float32)
+
+    def masked_image_latents(self, init: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Images (N, H, W, 3) and their mask (1 or N, H, W, 1; 1 = repaint) -> (the images' MoVQ latents
+        (N, h, w, C), the keep mask (N, h, w, 1) at the latents' size: resized nearest, its kept region
+        shrunk by a pixel, as diffusers)."""
+        image_latents = self.encode_images(init)
+        keep = shrink_kept_region(_resize_nearest(1.0 - mask, image_latents.shape[1], image_latents.shape[2]))
+        return image_latents, np.broadcast_to(keep, image_latents.shape[:3] + (1,)).astype(np.float32)
+
+    def check_unet_channels(self, latent_channels: int) -> None:
+        """The UNet takes the latents, the masked image's latents and the mask (diffusers' message)."""
+        need = self.unet.config.in_channels
+        if 2 * latent_channels + 1 != need:
+            raise ValueError(
+                f"Incorrect configuration settings! The config of `pipeline.unet` expects {need} input channels but"
+                f" received `num_channels_latents`: {latent_channels} + `num_channels_mask`: 1 +"
+                f" `num_channels_masked_image`: {latent_channels} = {2 * latent_channels + 1}. Please verify the"
+                " config of `pipeline.unet` or your `mask_image` or `image` input."
+            )
+
+
+class KandinskyInpaintPipeline(InpaintingParts, KandinskyDecoderBase):
     """Kandinsky 2.1 inpainting: ``pipe(prompt, image, mask_image, image_embeds, negative_image_embeds)``.
 
     Where ``mask_image`` is white (>= 0.5) the image is repainted, elsewhere kept (diffusers >= 0.19).
@@ -187,47 +220,14 @@ class KandinskyInpaintPipeline(KandinskyDecoderBase):
         init = self.preprocess_image(image, height, width)
         mask = self.preprocess_mask(mask_image, height, width)
         tasks.check_mask_size(mask, init, "image")
-        shape = (batch.total, *latent_size(height, width, self.movq_scale_factor), self.latent_channels)
+        shape = self.latents_shape(batch, height, width)
         checks.check_latents(latents, shape)
-        self._check_unet_channels(shape[-1])
+        self.check_unet_channels(shape[-1])
 
         text = self.encode_prompt(prompt, num_images_per_prompt, guidance_scale > 1.0, negative_prompt)
-        noise_key, step_key = _keys(rng)
-        extra = self.masked_image_channels(init, mask, batch)
-        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
-        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
-        latents = self.sample(latents, state, text, embeds, guidance_scale, step_key, batch, callback=callback,
-                              callback_steps=callback_steps, extra_channels=extra)
+        image_latents, keep = self.masked_image_latents(init, mask)
+        extra = np.repeat(masked_image_channels(image_latents, keep), num_images_per_prompt, axis=0)
+        latents = self.sample_from_noise(latents, shape, num_inference_steps, guidance_scale, rng, batch, embeds,
+                                         text=text, per_image={"extra_channels": extra}, callback=callback,
+                                         callback_steps=callback_steps)
         return self.output(latents, batch, output_type, return_dict)
-
-    def preprocess_mask(self, mask_image: Any, height: int, width: int) -> np.ndarray:
-        """``mask_image`` -> float32 (N, H, W, 1) of 0/1, 1 = repaint: PIL masks resized to ``width`` x
-        ``height`` (Lanczos, grayscale), arrays at their size; binarized at 0.5."""
-        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
-        if not isinstance(masks[0], np.ndarray | jax.Array):
-            return preprocess_mask(mask_image, height, width, vae_scale_factor=1, resample="lanczos")
-        arrays = [np.asarray(m, np.float32) for m in masks]
-        if len(arrays) == 1 and arrays[0].ndim == 3 and arrays[0].shape[-1] == 1:
-            arrays = [arrays[0][..., 0]]
-        out = stack_image_arrays(arrays, "mask_image")
-        return np.where(out < 0.5, 0.0, 1.0).astype(np.float32)
-
-    def masked_image_channels(self, init: np.ndarray, mask: np.ndarray, batch: Any) -> np.ndarray:
-        """The inpainting UNet's extra input, one row per image: [masked image latents, keep mask] on the
-        channel axis, at the latents' size (the mask resized nearest, its kept region shrunk by a pixel)."""
-        image_latents = self.encode_images(init)
-        keep = 1.0 - mask
-        keep = shrink_kept_region(_resize_nearest(keep, image_latents.shape[1], image_latents.shape[2]))
-        keep = np.broadcast_to(keep, (image_latents.shape[0],) + keep.shape[1:]) if keep.shape[0] == 1 else keep
-        extra = np.concatenate([image_latents * keep, keep], axis=-1)
-        return np.repeat(extra, batch.per_prompt, axis=0)
-
-    def _check_unet_channels(self, latent_channels: int) -> None:
-        need = self.unet.config.in_channels
-        if 2 * latent_channels + 1 != need:
-            raise ValueError(
-                f"Incorrect configuration settings! The config of `pipeline.unet` expects {need} input channels but"
-                f" received `num_channels_latents`: {latent_channels} + `num_channels_mask`: 1 +"
-                f" `num_channels_masked_image`: {latent_channels} = {2 * latent_channels + 1}. Please verify the"
-                " config of `pipeline.unet` or your `mask_image` or `image` input."
-            )

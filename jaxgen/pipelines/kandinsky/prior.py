@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,9 @@ import PIL.Image
 
 from jaxgen import sharding
 from jaxgen.models.prior_transformer import PriorTransformer
-from jaxgen.pipelines import checks
+from jaxgen.pipelines import checks, tasks
 from jaxgen.pipelines.outputs import BaseOutput
-from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, unbind
+from jaxgen.pipelines.pipeline_utils import ComponentSpec, DeferredModel, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
 from jaxgen.text.clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
@@ -61,6 +61,14 @@ def _post_process(module: Any, params: Any, latents: jax.Array) -> jax.Array:
     return module.apply({"params": params}, latents.astype(jnp.float32), method=PriorTransformer.post_process_latents)
 
 
+def _zero_image_embeds(encoder: Any, mesh_context: Callable) -> jax.Array:
+    """A bound CLIP vision tower's embedding of one black image, (1, D) float32."""
+    module, params = unbind(encoder)
+    size = module.config.image_size
+    with mesh_context():
+        return _image_embeds(module, params, jnp.zeros((1, size, size, 3), module.dtype))
+
+
 def _as_list(value: Any, name: str) -> list[str] | None:
     if value is None or isinstance(value, list):
         return value
@@ -89,6 +97,7 @@ class KandinskyPriorPipeline(DiffusionPipeline):
     }
     _denoiser = "prior"
     _output_class = KandinskyPriorPipelineOutput
+    _interpolate_per_image: ClassVar[bool] = False  # 2.2: an image's embedding repeated per image, summed per image
 
     def __call__(
         self,
@@ -124,22 +133,36 @@ class KandinskyPriorPipeline(DiffusionPipeline):
 
         embeds = self.sample_embeds(prompts, negatives, num_images_per_prompt, num_inference_steps, rng, latents,
                                     guidance_scale, batch)
-        if negatives is None:
-            image_embeds, negative = embeds, self.zero_image_embeds(embeds.shape[0])
-        else:
+        return self.prior_output(embeds, negatives is not None, output_type, return_dict)
+
+    def prior_output(self, embeds: jax.Array, sampled_negatives: bool, output_type: str,
+                     return_dict: bool) -> KandinskyPriorPipelineOutput | tuple:
+        """The sampled rows -> the output: [prompts; negatives] split in two when the negative prompts were
+        sampled too, else the embeddings and the zero-image embedding per row."""
+        if sampled_negatives:
             image_embeds, negative = jnp.split(embeds, 2)
+        else:
+            image_embeds, negative = embeds, self.zero_image_embeds(embeds.shape[0])
         out = KandinskyPriorPipelineOutput(*_as_output(output_type, image_embeds, negative))
         return out if return_dict else out.to_tuple()
 
     def sample_embeds(self, prompts: list[str], negatives: list[str] | None, num_images_per_prompt: int,
-                      num_inference_steps: int, rng: Any, latents: Any, guidance_scale: float, batch: Any) -> jax.Array:
-        """The prior's sampling run: encode -> noise -> denoise -> ``post_process_latents``; (B * n, D)."""
+                      num_inference_steps: int, rng: Any, latents: Any, guidance_scale: float, batch: Any, *,
+                      init_embeds: np.ndarray | None = None, strength: float = 1.0) -> jax.Array:
+        """The prior's sampling run: encode -> noise -> denoise -> ``post_process_latents``; (B * n, D).
+        With ``init_embeds`` (B * n, D) (emb2emb), sampling starts at the ``strength`` fraction of the
+        schedule from those embeddings noised to it (``latents`` is then that noise)."""
         dim = self.prior.config.embedding_dim
         shape = (batch.total, dim)
         text = self.encode_prompt(prompts, num_images_per_prompt, guidance_scale > 1.0, negatives)
         noise_key, step_key = jax.random.split(as_key(rng))
         state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows, dim))
-        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
+        latents = self.initial_noise(latents, noise_key, shape)
+        if init_embeds is None:
+            latents = latents * self.scheduler.init_noise_sigma
+        else:
+            state = tasks.start_at_strength(state, strength, self.scheduler.order)
+            latents = tasks.noised_to_start(self.scheduler, state, init_embeds, latents)
         module, params = unbind(self.prior)
         positive, negative = text
         negative = negative or (None, None, None)
@@ -169,15 +192,22 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         return positive, encode(checks.negative_prompts(negative_prompt, prompts, len(prompts)))
 
     def image_embeds(self, pixel_values: Any) -> jax.Array:
-        """CLIP image embeddings (N, D) of pixel values (N, S, S, 3) (the image processor's output, channels last)."""
-        module, params = unbind(self.image_encoder)
+        """CLIP image embeddings (N, D) of pixel values (N, S, S, 3) (the image processor's output, channels
+        last). A deferred image encoder is loaded now and kept (``resident``)."""
+        module, params = unbind(self.resident("image_encoder"))
         with self._mesh_context():
             return _image_embeds(module, params, jnp.asarray(pixel_values))
 
     def zero_image_embeds(self, batch_size: int) -> jax.Array:
-        """diffusers' ``get_zero_embed``: the image encoder's embedding of a black image, (batch_size, D)."""
-        size = self.image_encoder.config.image_size
-        zero = self.image_embeds(np.zeros((1, size, size, 3), np.float32))
+        """diffusers' ``get_zero_embed``: the image encoder's embedding of a black image, (batch_size, D).
+        A deferred encoder is loaded for it and let go again; the embedding is kept with the component."""
+        encoder = self.image_encoder
+        if isinstance(encoder, DeferredModel):
+            if "zero_image_embeds" not in encoder.outputs:
+                encoder.outputs["zero_image_embeds"] = _zero_image_embeds(encoder.load(self.mesh), self._mesh_context)
+            zero = encoder.outputs["zero_image_embeds"]
+        else:
+            zero = _zero_image_embeds(encoder, self._mesh_context)
         return jnp.repeat(zero, batch_size, axis=0)
 
     def interpolate(
@@ -193,35 +223,47 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         guidance_scale: float = 4.0,
         **kwargs: Any,
     ) -> KandinskyPriorPipelineOutput:
-        """Mix prompts and images: ``image_embeds`` (1, D) = the weighted sum of each condition's embeddings
-        (a prompt's from the prior, all its ``num_images_per_prompt`` rows; an image's from the image
-        encoder: PIL through ``image_processor``, or pixel values (1, S, S, 3)); ``negative_image_embeds``
-        from the prior on ``negative_prompt``. As diffusers' ``interpolate``."""
+        """Mix prompts and images: ``image_embeds`` = the weighted sum of each condition's embeddings (a
+        prompt's from the prior, its ``num_images_per_prompt`` rows; an image's from the image encoder: PIL
+        through ``image_processor``, or pixel values (1, S, S, 3)); ``negative_image_embeds`` from the prior
+        on ``negative_prompt``. As diffusers' ``interpolate``: 2.1 sums every row into one, (1, D); 2.2
+        repeats an image's row per image and sums per image, (n, D)."""
         checks.check_call_kwargs(f"{type(self).__name__}.interpolate", kwargs)
         if len(images_and_prompts) != len(weights):
             raise ValueError(
                 f"`images_and_prompts` contains {len(images_and_prompts)} items and `weights` contains {len(weights)}"
                 " items - they should be lists of same length"
             )
-        run = functools.partial(self, num_inference_steps=num_inference_steps, num_images_per_prompt=num_images_per_prompt,
-                                rng=rng, latents=latents, negative_prompt=negative_prior_prompt,
-                                guidance_scale=guidance_scale)
+        # the text-to-embeddings run, also where a subclass's __call__ takes other inputs (emb2emb)
+        run = functools.partial(KandinskyPriorPipeline.__call__, self, num_inference_steps=num_inference_steps,
+                                num_images_per_prompt=num_images_per_prompt, rng=rng, latents=latents,
+                                negative_prompt=negative_prior_prompt, guidance_scale=guidance_scale)
         parts = []
         for cond, weight in zip(images_and_prompts, weights):
             if isinstance(cond, str):
                 embeds = run(cond).image_embeds
             elif isinstance(cond, (PIL.Image.Image, np.ndarray, jax.Array)):
                 embeds = self.image_embeds(self._pixel_values(cond))
+                embeds = jnp.repeat(embeds, num_images_per_prompt, axis=0) if self._interpolate_per_image else embeds
             else:
                 raise ValueError(
                     "`images_and_prompts` can only contains elements to be of type `str`, `PIL.Image.Image` or"
                     f" `np.ndarray`/`jax.Array` (pixel values) but is {type(cond)}"
                 )
             parts.append(embeds * weight)
-        image_embeds = jnp.concatenate(parts).sum(axis=0, keepdims=True)
-        zero = run(negative_prompt)
-        negative = zero.negative_image_embeds if negative_prompt == "" else zero.image_embeds
+        if self._interpolate_per_image:
+            image_embeds = jnp.stack(parts).sum(axis=0)
+        else:
+            image_embeds = jnp.concatenate(parts).sum(axis=0, keepdims=True)
+        negative = self._interpolation_negative(run, negative_prompt, image_embeds, rng)
         return KandinskyPriorPipelineOutput(image_embeds=image_embeds, negative_image_embeds=negative)
+
+    def _interpolation_negative(self, run: Callable, negative_prompt: str, image_embeds: jax.Array,
+                                rng: Any) -> jax.Array:
+        """``interpolate``'s negative embeddings: the prior's on ``negative_prompt`` (its zero-image
+        embedding for "")."""
+        zero = run(negative_prompt)
+        return zero.negative_image_embeds if negative_prompt == "" else zero.image_embeds
 
     def _pixel_values(self, image: Any) -> np.ndarray:
         if isinstance(image, PIL.Image.Image):
