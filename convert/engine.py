@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Source", "ConversionError", "KeyRule", "default_rule", "default_torch_key", "linear", "conv",
-    "identity", "convert_state_dict", "check_coverage", "flatten_paths", "unflatten_paths", "renamed",
+    "conv_transpose", "identity", "convert_state_dict", "check_coverage", "flatten_paths", "unflatten_paths", "renamed",
 ]
 
 Path = tuple[str, ...]
@@ -56,6 +56,15 @@ def linear(w: np.ndarray) -> np.ndarray:
 def conv(w: np.ndarray) -> np.ndarray:
     """``nn.Conv{1,2,3}d.weight`` (O, I, *spatial) -> ``nn.Conv`` kernel (*spatial, I, O)."""
     return np.transpose(w, tuple(range(2, w.ndim)) + (1, 0))
+
+
+def conv_transpose(w: np.ndarray) -> np.ndarray:
+    """``nn.ConvTranspose{1,2,3}d.weight`` (I, O, *spatial) -> kernel (*spatial, I, O).
+
+    Not what ``conv`` does: a transposed convolution stores input channels first, so with I == O
+    the two give the same shape and only the values tell them apart.
+    """
+    return np.transpose(w, tuple(range(2, w.ndim)) + (0, 1))
 
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}

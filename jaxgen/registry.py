@@ -146,6 +146,10 @@ FAMILIES: tuple[Family, ...] = (
         cli_generate="jaxgen.pipelines.kandinsky2_2.combined:cli_generate",
     ),
     Family(
+        "kandinsky3",  # the model so far; pipelines, MoVQ's config and the text encoder's mask to come
+        models={"Kandinsky3UNet": "jaxgen.models.kandinsky3_unet"},
+    ),
+    Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III
         pipelines={"StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale"},
     ),

@@ -43,13 +43,14 @@ def get_activation(act_fn: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation function {act_fn!r}; known: {sorted(_ACTIVATIONS)}") from None
 
 
-def group_norm(num_groups: int, eps: float, dtype: Any, name: str) -> nn.GroupNorm:
-    """``torch.nn.GroupNorm(num_groups, C, eps, affine=True)`` on NHWC inputs.
+def group_norm(num_groups: int, eps: float, dtype: Any, name: str, affine: bool = True) -> nn.GroupNorm:
+    """``torch.nn.GroupNorm(num_groups, C, eps, affine)`` on NHWC inputs (``affine=False``: no params).
 
     Statistics are computed in float32 even for bfloat16 inputs (flax's default) and with the
     two-pass variance E[(x - E[x])^2], as torch does.
     """
-    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+    return nn.GroupNorm(num_groups=num_groups, epsilon=eps, use_scale=affine, use_bias=affine, use_fast_variance=False,
+                        dtype=dtype, name=name)
 
 
 def conv2d(features: int, kernel_size: int, *, stride: int = 1, padding: int = 0, use_bias: bool = True,
