@@ -47,11 +47,10 @@ def _call_options(args: argparse.Namespace, takes: Any) -> dict:
             call[name] = value
     if args.no_resolution_binning:
         call["use_resolution_binning"] = False
-    for name in ("image", "hint"):  # image files, given to the pipeline as PIL images
-        path = getattr(args, name, None)
+    for name, path in (("image", args.image), ("hint", args.hint)):  # image files, given as PIL images
         if path is not None:
             call[name] = PIL.Image.open(path).convert("RGB")
-    if getattr(args, "strength", None) is not None:
+    if args.strength is not None:
         call["strength"] = args.strength
     unknown = sorted(k for k in call if takes is not None and k not in takes)
     if unknown:

@@ -158,19 +158,21 @@ class KandinskyDecoderBase(DiffusionPipeline):
             latents = encode_movq(module, params, self.shard_rows(images.astype(np.dtype(module.dtype)), rows))
         return np.asarray(sharding.gather_rows(latents, images.shape[0]), np.float32)
 
-    def preprocess_image(self, image: Any, height: int, width: int, name: str = "image") -> np.ndarray:
-        """An image argument -> float32 (N, height, width, 3) in [-1, 1]: PIL images resized to ``width`` x
-        ``height`` (bicubic, as diffusers' Kandinsky); arrays (NHWC in [0, 1]) must be that size already."""
+    def preprocess_image(self, image: Any, height: int, width: int, name: str = "image",
+                         normalize: bool = True) -> np.ndarray:
+        """An image argument -> float32 (N, height, width, 3) in [-1, 1] (in [0, 1] without ``normalize``: 2.2's
+        ControlNet hint): PIL images resized to ``width`` x ``height`` (bicubic, as diffusers' Kandinsky);
+        arrays (NHWC in [0, 1]) must be that size already."""
         checks.image_batch_size(name, image)
         pil = isinstance(image, PIL.Image.Image) or (isinstance(image, (list, tuple)) and image
                                                      and isinstance(image[0], PIL.Image.Image))
         if pil:
             return preprocess(image, height, width, vae_scale_factor=1, resample="bicubic", reducing_gap=1,
-                              do_convert_rgb=True)
-        out = preprocess(image, do_resize=False)
+                              do_normalize=normalize, do_convert_rgb=True)
+        out = preprocess(image, do_resize=False, do_normalize=normalize)
         if out.shape[1:3] != (height, width) or out.shape[-1] != 3:
             raise ValueError(f"`{name}` arrays must be (N, height, width, 3) = (N, {height}, {width}, 3) (channels"
-                             f" last; PIL images are resized), got shape {out.shape}")
+                             f" last, in [0, 1]; PIL images are resized), got shape {out.shape}")
         return out
 
     # -- text and image embeddings -------------------------------------------------------------

@@ -16,9 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import PIL.Image
 
-from jaxgen.image_processing import preprocess
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks, tasks
@@ -65,15 +63,7 @@ class KandinskyV22DecoderBase(KandinskyDecoderBase):
         if count not in (1, batch.prompts):
             raise ValueError(f"`hint` has {count} images: expected 1 or one per row of `image_embeds` ({batch.prompts})")
         size = tuple(HINT_FACTOR * s for s in latent_size(height, width, self.movq_scale_factor))
-        pil = isinstance(hint, PIL.Image.Image) or (isinstance(hint, (list, tuple)) and isinstance(hint[0], PIL.Image.Image))
-        if pil:
-            out = preprocess(hint, *size, vae_scale_factor=1, resample="bicubic", reducing_gap=1, do_normalize=False,
-                             do_convert_rgb=True)
-        else:
-            out = preprocess(hint, do_resize=False, do_normalize=False)
-        if out.shape[1:] != (*size, 3):
-            raise ValueError(f"`hint` must be (N, {size[0]}, {size[1]}, 3) for {height}x{width} images (channels last,"
-                             f" in [0, 1]; PIL images are resized), got shape {out.shape}")
+        out = self.preprocess_image(hint, *size, name="hint", normalize=False)
         return np.repeat(np.broadcast_to(out, (batch.prompts, *out.shape[1:])), batch.per_prompt, axis=0)
 
     def sample_from_image(self, init: np.ndarray, latents: Any, shape: tuple[int, ...], strength: float,
