@@ -1,7 +1,8 @@
-"""Kandinsky 2.1 and 2.2 speed: jaxgen against diffusers (PyTorch) on the real-size architectures, one run.
+"""Kandinsky 2.1, 2.2 and 3 speed: jaxgen against diffusers (PyTorch) on the real-size architectures, one run.
 
 Random weights (speed does not depend on their values; ``random_weights.py``), real configs from
-``tests/configs/kandinsky-community__kandinsky-2-{1,1-prior,2-prior,2-decoder,2-controlnet-depth}``,
+``tests/configs/kandinsky-community__kandinsky-2-{1,1-prior,2-prior,2-decoder,2-controlnet-depth}`` and
+``kandinsky-community__kandinsky-3``,
 same machine and process, float32 and bfloat16 (params and compute, on both sides). Kandinsky 2.1's
 four parts (``--only``; the default):
 
@@ -30,6 +31,27 @@ Kandinsky 2.2's three (``--only prior22,unet22,controlnet``), the same method as
 - ``controlnet``: the same with the ControlNet-depth UNet (``addition_embed_type`` "image_hint",
   ``in_channels`` 8: the hint, (2, 512, 512, 3) in [0, 1], NHWC for jaxgen and NCHW for torch, the
   same in both rows, is encoded to 4 channels that join the latents; ``KandinskyV22ControlnetPipeline``).
+
+Kandinsky 3's two (``--only unet3,movq3``; ``--resolution`` defaults to 1024 when only these run):
+
+- ``unet3``: one step with guidance of the Kandinsky3UNet (3.06B): 2 rows of (res/8, res/8, 4) latents,
+  Flan-UL2 hidden states (2, 64, 4096) and their mask (``k3_inputs``: the unconditional row zero
+  embeddings with an all-zero mask, the prompt row 63 tokens + 1 padded, as ``Kandinsky3Pipeline`` cuts
+  its 128-token padding to the longest prompt + 1), ``(g + 1) text - g uncond`` with g = 3, the DDPM step
+  (the pipeline's scheduler). jaxgen's side is the shipping loop (``sampling.denoise``,
+  ``ClassifierFreeGuidance`` with scale g + 1, the same combination) with the pipeline's
+  ``Kandinsky3Denoiser`` (``jaxgen.pipelines.kandinsky3``); diffusers' side the loop body of
+  ``Kandinsky3Pipeline.__call__``.
+- ``movq3``: the Kandinsky 3 MoVQ (0.27B; 2.1's architecture at twice the width) decode of one latent
+  (1, res/8, res/8, 4) to res x res, not quantized, latents not scaled (``decode_movq`` / ``movq.decode``).
+
+FLOPs at the real size, 1024 x 1024 (XLA's cost analysis of the compiled programs on abstract shapes,
+``benchmarks/memory.py --model kandinsky-3``, nothing allocated; PyTorch's ``FlopCounterMode`` on meta
+tensors agrees within 1.3%): the UNet step on 2 rows of 128 x 128 latents (128 text tokens) is 6.4
+TFLOP, the MoVQ decode 34.1 TFLOP (the issue's "about 34 TFLOP" is the decode), the MoVQ encode
+(img2img) 17.3, the Flan-UL2 encoder on 1 x 128 tokens 2.2. At an H200's 989 TFLOP/s (dense bf16) the
+floors are 6.5 ms per step, 34.5 ms per decode: ~0.2 s per 1024 px image at the pipeline's 25 steps.
+At 512 px: 1.7 TFLOP per step, 7.7 per decode.
 
 jaxgen runs what its pipelines ship. Steps: ``jaxgen.pipelines.sampling.denoise`` (one compiled
 loop over the steps) with ``PriorDenoiser`` / ``KandinskyDenoiser``, the inputs laid out and the
@@ -61,12 +83,28 @@ the budget stops new measurements at 7 minutes):
     python benchmarks/kandinsky.py --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky-h200.json
     python benchmarks/kandinsky.py --only prior22,unet22,controlnet --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky22-h200.json
 
+Kandinsky 3 at real size and 1024 x 1024 (the 3.06B UNet: 12.2 GB a side in float32, each side's models
+freed before the other side builds its own; random weights for 3.3B params on the host per dtype and
+side, ~1-2 minutes of the run):
+
+    python benchmarks/kandinsky.py --only unet3,movq3 --dtypes bfloat16,float32 --steps 10 --time-budget 420 --json benchmarks/kandinsky3-h200.json
+
 On 2 CPU cores (AMD EPYC, no AVX-512): ``--tiny`` is the smoke test (~50 s; ``--tiny --only
 prior22,unet22,controlnet`` ~25 s); at real size ``--only prior,movq --steps 2 --dtypes float32``
 (~4 min; the UNet at 512 px is 15-20 s per step there, and the whole pipeline holds ~14 GB per side
 in float32) and ``--only prior22,unet22,controlnet --steps 2 --dtypes float32`` (one model of ~5 GB
 held at a time). PyTorch's bfloat16 on a CPU without bfloat16 instructions runs at ~1 GFLOP/s (add
-``--skip-torch`` for bfloat16 there).
+``--skip-torch`` for bfloat16 there). Kandinsky 3 does not fit there at real size (two 12 GB float32
+UNets in 24 GB, and 6.4 TFLOP a step): ``--unet3-width-divisor 2 --resolution 256`` (``reduced_unet3``: the
+same architecture at half the width, 0.77B, 4 levels of 3 blocks, heads of 64, the text 4096 wide; the
+real MoVQ at 256 px):
+
+    python benchmarks/kandinsky.py --only unet3,movq3 --unet3-width-divisor 2 --resolution 256 --steps 2 --dtypes float32 --torch-threads 1 --json benchmarks/kandinsky3-cpu.json
+    python benchmarks/kandinsky.py --only unet3,movq3 --unet3-width-divisor 2 --resolution 256 --steps 2 --dtypes bfloat16 --skip-torch --json benchmarks/kandinsky3-cpu-bf16.json
+
+(``--torch-threads 1`` because another process loaded the machine then: PyTorch's two spinning OpenMP
+threads made its UNet step 7x slower) and ``--tiny --only unet3,movq3`` is their smoke test (~100 s, both
+dtypes, both sides).
 """
 
 from __future__ import annotations
@@ -94,18 +132,24 @@ PRIOR_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1-prior"
 PRIOR22_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-prior"
 DECODER22_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-decoder"
 CONTROLNET_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-controlnet-depth"
+K3_DIR = CONFIGS / "kandinsky-community__kandinsky-3"
 # the step parts: (model, its scheduler's config), keys of Setup.configs
 STEPS = {"prior": ("prior", "prior_scheduler"), "unet": ("unet", "scheduler"),
          "prior22": ("prior22", "prior22_scheduler"), "unet22": ("unet22", "scheduler22"),
-         "controlnet": ("controlnet", "controlnet_scheduler")}
-PARTS = ("prior", "unet", "movq", "pipeline", "prior22", "unet22", "controlnet")
-DEFAULT_PARTS, PARTS22 = PARTS[:4], PARTS[4:]  # Kandinsky 2.1's, 2.2's
+         "controlnet": ("controlnet", "controlnet_scheduler"), "unet3": ("unet3", "scheduler3")}
+PARTS = ("prior", "unet", "movq", "pipeline", "prior22", "unet22", "controlnet", "unet3", "movq3")
+DEFAULT_PARTS, PARTS22, PARTS3 = PARTS[:4], PARTS[4:7], PARTS[7:]  # Kandinsky 2.1's, 2.2's, 3's
+MOVQS = {"movq": "movq", "movq3": "movq3"}  # the decode parts: their MoVQ model
 PIPELINE_MODELS = ("prior_text_encoder", "image_encoder", "prior", "text_encoder", "unet", "movq")
-PART_MODELS = {**{part: (model,) for part, (model, _) in STEPS.items()}, "movq": ("movq",), "pipeline": PIPELINE_MODELS}
-KINDS = {"prior22": "prior", "unet22": "unet", "controlnet": "unet"}  # 2.2's models: the classes of 2.1's
-UNITS = {"movq": "s/decode", "pipeline": "s/image", **{part: "s/step" for part in STEPS}}
+PART_MODELS = {**{part: (model,) for part, (model, _) in STEPS.items()}, **{part: (m,) for part, m in MOVQS.items()},
+               "pipeline": PIPELINE_MODELS}
+# 2.2's models: the classes of 2.1's; 3's MoVQ: a VQModel too (its UNet is a class of its own)
+KINDS = {"prior22": "prior", "unet22": "unet", "controlnet": "unet", "movq3": "movq"}
+UNITS = {**{part: "s/decode" for part in MOVQS}, "pipeline": "s/image", **{part: "s/step" for part in STEPS}}
 TEXT_LEN = 77  # every Kandinsky 2.x tokenizer pads to 77
 GUIDANCE = 4.0  # the default guidance scale of both pipelines
+TEXT3_LEN, PROMPT3_TOKENS = 64, 63  # Kandinsky 3's text: 128 padded, cut to the longest prompt + 1
+GUIDANCE3 = 3.0  # Kandinsky3Pipeline's default: (g + 1) text - g uncond, i.e. uncond + (g + 1) (text - uncond)
 PROMPT = "a photo of a cat"
 TOKENIZER_NOTE = ("tokenizers: tiny stand-ins built here (the Hub is unreachable); their ids are below the real "
                   "vocab sizes and prompts are padded to 77 tokens, so the models do the real work")
@@ -133,12 +177,17 @@ class Setup:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(h, w, C) of the decoders' latents (diffusers' ``get_new_h_w``; C: the MoVQ's latent channels,
+        """(h, w, C) of the 2.x decoders' latents (diffusers' ``get_new_h_w``; C: the MoVQ's latent channels,
         which every 2.x UNet denoises, the ControlNet's encoded hint joining them inside the UNet)."""
+        return self.latents_of("movq")
+
+    def latents_of(self, movq: str) -> tuple[int, int, int]:
+        """(h, w, C) of the latents the MoVQ ``movq`` decodes (Kandinsky 3's ``downscale_height_and_width``
+        is 2.x's ``get_new_h_w``: 1024 px -> 128)."""
         from jaxgen.pipelines.kandinsky.common import latent_size
 
-        factor = 2 ** (len(self.configs["movq"]["block_out_channels"]) - 1)
-        return (*latent_size(self.resolution, self.resolution, factor), self.configs["movq"]["latent_channels"])
+        factor = 2 ** (len(self.configs[movq]["block_out_channels"]) - 1)
+        return (*latent_size(self.resolution, self.resolution, factor), self.configs[movq]["latent_channels"])
 
 
 def real_setup(resolution: int, parts: list[str]) -> Setup:
@@ -159,10 +208,13 @@ def real_setup(resolution: int, parts: list[str]) -> Setup:
         "scheduler22": _read(DECODER22_DIR / "scheduler" / "scheduler_config.json"),
         "controlnet": _read(CONTROLNET_DIR / "unet" / "config.json"),
         "controlnet_scheduler": _read(CONTROLNET_DIR / "scheduler" / "scheduler_config.json"),
+        "unet3": _read(K3_DIR / "unet" / "config.json"),
+        "movq3": _read(K3_DIR / "movq" / "config.json"),
+        "scheduler3": _read(K3_DIR / "scheduler" / "scheduler_config.json"),
     }
     versions = {"2.1": "prior 1.0B, UNet 1.2B, MoVQ 68M, M-CLIP, CLIP ViT-L text and vision",
-                "2.2": "prior 1.0B, UNet 1.2B, ControlNet-depth UNet 1.2B"}
-    used = sorted({"2.2" if part in PARTS22 else "2.1" for part in parts})
+                "2.2": "prior 1.0B, UNet 1.2B, ControlNet-depth UNet 1.2B", "3": "UNet 3.06B, MoVQ 0.27B"}
+    used = sorted({"2.2" if part in PARTS22 else "3" if part in PARTS3 else "2.1" for part in parts})
     return Setup(f"Kandinsky {' and '.join(used)}, real configs ({'; '.join(f'{v}: {versions[v]}' for v in used)})",
                  configs, resolution)
 
@@ -200,7 +252,28 @@ def tiny_setup(resolution: int, parts: list[str]) -> Setup:
     configs["unet22"] = dict(configs["unet"], encoder_hid_dim=embed22, encoder_hid_dim_type="image_proj",
                              addition_embed_type="image")
     configs["controlnet"] = dict(configs["unet22"], in_channels=8, addition_embed_type="image_hint")
+    # 3: a 3-level UNet (jaxgen's Kandinsky3UNetConfig.tiny: text width 20, cross-attention 24), the tiny MoVQ
+    configs["unet3"] = dict(in_channels=4, time_embedding_dim=32, groups=4, attention_head_dim=8, layers_per_block=2,
+                            block_out_channels=[16, 32, 32], cross_attention_dim=24, encoder_hid_dim=20)
+    configs["movq3"] = dict(configs["movq"])
     return Setup("tiny configs of the same architectures (smoke test)", configs, resolution)
+
+
+def reduced_unet3(setup: Setup, divisor: int) -> Setup:
+    """``setup`` with Kandinsky 3's UNet ``divisor`` times narrower (a CPU stand-in for the 3.0B one): the
+    level widths, the time-embedding and cross-attention widths and the group count divided, the
+    head width kept (64) where it divides every attention width (``divisor`` 2), else 64 * 2 / divisor;
+    the levels, blocks per level, text width (4096, Flan-UL2's) and the layout of the program unchanged.
+    ``divisor`` 1: ``setup`` itself."""
+    if divisor == 1:
+        return setup
+    cfg = setup.configs["unet3"]
+    narrow = lambda n: n // divisor
+    unet3 = dict(cfg, block_out_channels=[narrow(n) for n in cfg["block_out_channels"]],
+                 time_embedding_dim=narrow(cfg["time_embedding_dim"]), cross_attention_dim=narrow(cfg["cross_attention_dim"]),
+                 groups=max(1, narrow(cfg["groups"])), attention_head_dim=cfg["attention_head_dim"] * 2 // max(2, divisor))
+    label = f"{setup.label}; Kandinsky 3's UNet {divisor}x narrower (block_out_channels {unet3['block_out_channels']})"
+    return dataclasses.replace(setup, label=label, configs={**setup.configs, "unet3": unet3})
 
 
 def tokenizers(folder: Path) -> dict:
@@ -277,6 +350,18 @@ def decoder_inputs(setup: Setup, part: str) -> Pairs:
     return out
 
 
+def k3_inputs(setup: Setup) -> Pairs:
+    """Kandinsky 3's UNet conditioning for one image, as diffusers' ``Kandinsky3Pipeline`` builds it: Flan-UL2
+    hidden states (1, 64, 4096) of a prompt of 63 tokens (the 128-token padding cut to the longest prompt + 1:
+    one padded token, its embedding zeroed) and its mask; the unconditional row all zero embeddings and an
+    all-zero mask. (jaxgen's pipeline pads these to 128 masked tokens and passes the length, ``padded_context``:
+    the same output.)"""
+    width = setup.configs["unet3"]["encoder_hid_dim"]
+    mask = (np.arange(TEXT3_LEN) < PROMPT3_TOKENS).astype(np.int32)[None]
+    text = _random((1, TEXT3_LEN, width), 2) * mask[..., None]
+    return {"encoder_hidden_states": (text, np.zeros_like(text)), "encoder_attention_mask": (mask, np.zeros_like(mask))}
+
+
 def _flops(compiled: Any) -> float | None:
     try:
         cost = compiled.cost_analysis()
@@ -295,9 +380,9 @@ def _record_compile(event: str, duration: float, **kwargs: Any) -> None:
 
 
 def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state: Any, cond: Any,
-                     steps: int) -> tuple[tuple, dict]:
-    """``sampling.denoise``'s arguments as ``DiffusionPipeline.denoise`` passes them with guidance on, the
-    progress bar disabled and no callback: ``(args, static keywords)``."""
+                     steps: int, scale: float = GUIDANCE) -> tuple[tuple, dict]:
+    """``sampling.denoise``'s arguments as ``DiffusionPipeline.denoise`` passes them with guidance on
+    (``uncond + scale (text - uncond)``), the progress bar disabled and no callback: ``(args, static keywords)``."""
     import jax
     import jax.numpy as jnp
 
@@ -306,7 +391,7 @@ def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state:
     from jaxgen.pipelines.pipeline_utils import as_key
 
     scheduler, key = pipe.scheduler, jax.random.split(as_key(0))[1]
-    args = (denoiser, scheduler, params, latents, state, cond, jnp.float32(GUIDANCE), key, jnp.int32(steps))
+    args = (denoiser, scheduler, params, latents, state, cond, jnp.float32(scale), key, jnp.int32(steps))
     eta = 0.0 if sampling.accepts(scheduler.step, "eta") else None
     return args, dict(guidance=sampling.ClassifierFreeGuidance(), post_step=None, eta=eta, show_progress=False,
                       callback=None, callback_steps=1, batch_sharding=sharding.batch_sharding(pipe.mesh))
@@ -328,10 +413,13 @@ class Side:
     models: dict
 
     def step(self, part: str) -> dict:
-        """One guided step of a prior (``prior_step``) or a decoder UNet (``decoder_step``)."""
+        """One guided step of a prior (``prior_step``), a 2.x decoder UNet (``decoder_step``) or Kandinsky 3's
+        UNet (``k3_step``)."""
         model, scheduler = STEPS[part]
         if KINDS.get(model, model) == "prior":
             return self.prior_step(model, scheduler)
+        if model == "unet3":
+            return self.k3_step(model, scheduler)
         return self.decoder_step(part, model, scheduler)
 
     def release(self, keep: set[str]) -> None:
@@ -359,6 +447,7 @@ class JaxSide(Side):
         """(module, params) of a component, random, in this side's dtype."""
         import jax
 
+        from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
         from jaxgen.models.prior_transformer import PriorTransformer
         from jaxgen.models.unet_2d_condition import UNet2DConditionModel
         from jaxgen.models.vq_model import VQModel
@@ -366,7 +455,7 @@ class JaxSide(Side):
         from jaxgen.text.multilingual_clip import MultilingualCLIP
         from random_weights import jax_random_params
 
-        classes = {"prior": PriorTransformer, "unet": UNet2DConditionModel, "movq": VQModel,
+        classes = {"prior": PriorTransformer, "unet": UNet2DConditionModel, "unet3": Kandinsky3UNet, "movq": VQModel,
                    "text_encoder": MultilingualCLIP, "prior_text_encoder": CLIPTextModelWithProjection,
                    "image_encoder": CLIPVisionModelWithProjection}
         if name not in self.models:
@@ -390,16 +479,20 @@ class JaxSide(Side):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def decoder_pipe(self, parts: tuple[str, ...], unet: str = "unet", scheduler: str = "scheduler") -> Any:
-        """A ``KandinskyPipeline`` of ``parts``, its UNet the model ``unet`` (2.2's too: the step parts use the
-        pipeline for its scheduler and mesh only)."""
+    def decoder_pipe(self, parts: tuple[str, ...], unet: str = "unet", scheduler: str = "scheduler",
+                     movq: str = "movq") -> Any:
+        """A ``KandinskyPipeline`` of ``parts``, its UNet the model ``unet`` (2.2's and 3's too: the step and
+        decode parts use the pipeline for its scheduler, rows and mesh only), its MoVQ ``movq``; DDIM, or
+        DDPM for Kandinsky 3's scheduler (``scheduler3``, ``Kandinsky3Pipeline``'s)."""
         from jaxgen.pipelines.kandinsky import KandinskyPipeline
         from jaxgen.schedulers.ddim import DDIMScheduler
+        from jaxgen.schedulers.ddpm import DDPMScheduler
 
-        components = {name: self.model(unet if name == "unet" else name) for name in parts}
+        components = {name: self.model({"unet": unet, "movq": movq}.get(name, name)) for name in parts}
         if "text_encoder" in parts:
             components["tokenizer"] = self.tokenizers["xlmr"]
-        pipe = KandinskyPipeline(scheduler=DDIMScheduler.from_config(self.setup.configs[scheduler]), **components)
+        scheduler_class = DDPMScheduler if scheduler == "scheduler3" else DDIMScheduler
+        pipe = KandinskyPipeline(scheduler=scheduler_class.from_config(self.setup.configs[scheduler]), **components)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -448,15 +541,36 @@ class JaxSide(Side):
         denoiser = KandinskyDenoiser(module, self.setup.latent_shape[-1])
         return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps))
 
-    def movq(self) -> dict:
-        """``decode_movq`` (what ``KandinskyDecoderBase.decode_latents`` runs), compiled ahead."""
+    def k3_step(self, model: str, scheduler: str) -> dict:
+        """One guided Kandinsky 3 step: the shipping loop with a ``Kandinsky3UNet`` denoiser
+        (``k3_denoiser``), DDPM, the guidance ``(g + 1) text - g uncond`` as ``uncond + (g + 1)(text - uncond)``,
+        the rows as ``Kandinsky3Pipeline`` builds them (``k3_inputs``)."""
+        pipe = self.decoder_pipe(("unet",), unet=model, scheduler=scheduler)
+        module, params = self.model(model)
+        shape = (1, *self.setup.latents_of("movq3"))
+        state = pipe.prepare_timesteps(self.steps, None, None, shape)
+        latents = pipe.shard_rows(_random(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
+        from jaxgen.pipelines.kandinsky3 import padded_context
+
+        pairs = k3_inputs(self.setup)  # padded to 128 tokens as the pipeline passes them (one loop for all lengths)
+        padded = [padded_context(e, m) for e, m in zip(pairs["encoder_hidden_states"], pairs["encoder_attention_mask"])]
+        names = ("encoder_hidden_states", "encoder_attention_mask", "context_length")
+        pairs = {name: tuple(np.asarray(p[i]) for p in padded) for i, name in enumerate(names)}
+        cond = guidance_cond(pipe, pairs, module.dtype)
+        denoiser = k3_denoiser(module)
+        result = self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps,
+                                                         GUIDANCE3 + 1.0))
+        return {**result, "denoiser": f"{type(denoiser).__module__}.{type(denoiser).__qualname__}"}
+
+    def movq(self, name: str = "movq") -> dict:
+        """``decode_movq`` (what ``KandinskyDecoderBase.decode_latents`` runs) of the MoVQ ``name``, compiled ahead."""
         import jax
 
         from jaxgen.pipelines.kandinsky.common import decode_movq
 
-        pipe = self.decoder_pipe(("movq",))
-        module, params = self.model("movq")
-        latents = pipe.shard_rows(_random((1, *self.setup.latent_shape), 1), 1)
+        pipe = self.decoder_pipe(("movq",), movq=name)
+        module, params = self.model(name)
+        latents = pipe.shard_rows(_random((1, *self.setup.latents_of(name)), 1), 1)
         with pipe._mesh_context():
             start = time.perf_counter()
             lowered = decode_movq.lower(module, params, latents)
@@ -484,6 +598,13 @@ class JaxSide(Side):
                            rng=0, output_type="np").images
 
         return _time_pipeline(call, lambda: None)
+
+
+def k3_denoiser(unet: Any) -> Any:
+    """The pipeline's ``sampling.Denoiser`` of a ``Kandinsky3UNet`` (``jaxgen.pipelines.kandinsky3``)."""
+    from jaxgen.pipelines.kandinsky3 import Kandinsky3Denoiser
+
+    return Kandinsky3Denoiser(unet)
 
 
 def _decode_reps(steps: int) -> int:
@@ -552,6 +673,7 @@ class TorchSide(Side):
         builders = {
             "prior": lambda: diffusers.PriorTransformer.from_config(cfg),
             "unet": lambda: diffusers.UNet2DConditionModel.from_config(cfg),
+            "unet3": lambda: diffusers.Kandinsky3UNet.from_config(cfg),
             "movq": lambda: diffusers.VQModel.from_config(cfg),
             "text_encoder": mclip,
             "prior_text_encoder": lambda: transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig.from_dict(cfg)),
@@ -654,12 +776,39 @@ class TorchSide(Side):
 
         return self._time_steps(loop)
 
-    def movq(self) -> dict:
-        """``movq.decode(latents, force_not_quantize=True)``, as ``KandinskyPipeline`` decodes."""
+    def k3_step(self, model: str, scheduler_config: str) -> dict:
+        """The loop body of ``Kandinsky3Pipeline.__call__`` for one image with guidance: the UNet on the 2
+        rows [zero embeddings, all-zero mask; text], ``(g + 1) text - g uncond``, the DDPM step."""
+        import diffusers
         import torch
 
-        movq = self.model("movq")
-        h, w, c = self.setup.latent_shape
+        unet = self.model(model)
+        scheduler = diffusers.DDPMScheduler.from_config(self.setup.configs[scheduler_config])
+        h, w, c = self.setup.latents_of("movq3")
+        cond = self._rows(k3_inputs(self.setup))  # the mask .bool(), as the pipeline's
+        start_latents = self._tensor((1, c, h, w), 1) * scheduler.init_noise_sigma
+        generator = torch.Generator(self.device).manual_seed(0)
+
+        @torch.no_grad()
+        def loop(limit: int) -> Any:
+            scheduler.set_timesteps(self.steps, device=self.device)
+            latents = start_latents
+            for t in scheduler.timesteps[:limit]:
+                noise = unet(torch.cat([latents] * 2), t, return_dict=False, **cond)[0]
+                uncond, text = noise.chunk(2)
+                noise = (GUIDANCE3 + 1.0) * text - GUIDANCE3 * uncond
+                latents = scheduler.step(noise, t, latents, generator=generator).prev_sample
+            return latents
+
+        return self._time_steps(loop)
+
+    def movq(self, name: str = "movq") -> dict:
+        """``movq.decode(latents, force_not_quantize=True)`` of the MoVQ ``name``, as ``KandinskyPipeline`` and
+        ``Kandinsky3Pipeline`` decode."""
+        import torch
+
+        movq = self.model(name)
+        h, w, c = self.setup.latents_of(name)
         latents = self._tensor((1, c, h, w), 1)
         with torch.no_grad():
             movq.decode(latents, force_not_quantize=True)
@@ -779,7 +928,7 @@ def run_side(side: Side, parts: list[str], pipeline_steps: tuple[int, int], reco
                 if part in STEPS:
                     result = side.step(part)
                 else:
-                    result = side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq()
+                    result = side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq(MOVQS[part])
             except Exception as e:  # noqa: BLE001 - one part failing (e.g. out of memory) must not lose the rest
                 log(f"{side.name} {side.dtype_name} {part}: FAILED\n{traceback.format_exc()}")
                 result = {"error": f"{type(e).__name__}: {e}"[:2000]}
@@ -846,7 +995,10 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--pipeline-steps", default=None, help="PRIOR,DECODER steps of the pipeline part (default: "
                         "--steps for both, so that it reuses the step parts' compiled loops: the schedule length is "
                         "part of the program)")
-    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 512; 64 with --tiny)")
+    parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 512, 1024 when "
+                        "every part is Kandinsky 3's; 64 with --tiny)")
+    parser.add_argument("--unet3-width-divisor", type=int, default=1, help="Kandinsky 3's UNet this many times "
+                        "narrower (2 or 4: a CPU stand-in for the 3.0B model; see reduced_unet3; default 1, real size)")
     parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
     parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
@@ -859,11 +1011,20 @@ def _parse() -> argparse.Namespace:
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if unknown := set(args.only) - set(PARTS) or set(args.dtypes) - {"float32", "bfloat16"}:
         parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
-    args.resolution = args.resolution or (64 if args.tiny else 512)
+    args.resolution = args.resolution or (64 if args.tiny else 1024 if set(args.only) <= set(PARTS3) else 512)
     args.steps = args.steps or (3 if args.tiny else 10)
     steps = args.pipeline_steps.split(",") if args.pipeline_steps else [args.steps, args.steps]
     args.pipeline_steps = tuple(int(s) for s in steps)
     return args
+
+
+def _meta3(args: argparse.Namespace, setup: Setup) -> dict:
+    """Kandinsky 3's settings, when its parts run: guidance, text rows, the UNet's reduction, the latents."""
+    if not set(args.only) & set(PARTS3):
+        return {}
+    return {"kandinsky3": {"guidance_scale": GUIDANCE3, "text_tokens": TEXT3_LEN, "prompt_tokens": PROMPT3_TOKENS,
+                           "unet3_width_divisor": args.unet3_width_divisor,
+                           "latent_shape": list(setup.latents_of("movq3"))}}
 
 
 def _meta(args: argparse.Namespace, setup: Setup, tokenizer_source: str) -> dict:
@@ -878,7 +1039,8 @@ def _meta(args: argparse.Namespace, setup: Setup, tokenizer_source: str) -> dict
         "setup": setup.label, "resolution": setup.resolution, "latent_shape": list(setup.latent_shape),
         "configs": setup.configs, "parts": args.only, "dtypes": args.dtypes, "steps_timed": args.steps,
         "pipeline_steps": {"prior": args.pipeline_steps[0], "decoder": args.pipeline_steps[1]},
-        "guidance_scale": GUIDANCE, "cfg_rows": 2, "jax_device": device, "torch_device": torch_device, "host": host,
+        "guidance_scale": GUIDANCE, "cfg_rows": 2, **_meta3(args, setup),
+        "jax_device": device, "torch_device": torch_device, "host": host,
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "tokenizers": f"{TOKENIZER_NOTE} ({tokenizer_source})",
         "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
@@ -901,7 +1063,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    setup = (tiny_setup if args.tiny else real_setup)(args.resolution, args.only)
+    setup = reduced_unet3((tiny_setup if args.tiny else real_setup)(args.resolution, args.only), args.unet3_width_divisor)
     with tempfile.TemporaryDirectory() as folder:
         toks = tokenizers(Path(folder))
         recorder = Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget)
@@ -921,8 +1083,10 @@ def main() -> None:
     meta["load_average_end"] = os.getloadavg()[0]
     pipeline = (f"; pipeline {args.pipeline_steps[0]} prior + {args.pipeline_steps[1]} decoder steps"
                 if "pipeline" in args.only else "")
+    k3 = (f" (Kandinsky 3: {GUIDANCE3}, as (g + 1) text - g uncond; {TEXT3_LEN} text tokens, {PROMPT3_TOKENS} "
+          f"unpadded, the uncond row zeros)" if set(args.only) & set(PARTS3) else "")
     print(f"\n{meta['setup']}; {args.resolution}x{args.resolution}, latents {tuple(setup.latent_shape)}, guidance "
-          f"{GUIDANCE} (2 rows per image); {args.steps} steps timed{pipeline}; jax {meta['jax_device']}, torch "
+          f"{GUIDANCE}{k3} (2 rows per image); {args.steps} steps timed{pipeline}; jax {meta['jax_device']}, torch "
           f"{meta['torch_device']}; host "
           f"{meta['host']}; jax {meta['versions']['jax']}, torch {meta['versions']['torch']}, diffusers "
           f"{meta['versions']['diffusers']}; {meta['tokenizers']}; 1-min load average {meta['load_average_start']:.1f} at "

@@ -1,4 +1,4 @@
-"""Peak device memory per pipeline component at real size (PixArt-α, Kandinsky 2.2), without allocating params.
+"""Peak device memory per pipeline component at real size (PixArt-α, Kandinsky 2.2 and 3), without allocating params.
 
 For each component and dtype, the call a pipeline makes is lowered and compiled with
 ``jax.ShapeDtypeStruct`` arguments (nothing is allocated), and XLA's buffer assignment
@@ -27,6 +27,23 @@ freed before the other four load (max over the phases of the params resident the
 program beyond the params it reads), against all five resident (as diffusers keeps them), and the
 headroom on a 16 GiB chip.
 
+The calls of ``--model kandinsky-3`` (``Kandinsky3Pipeline``, one image, guidance on), each image size of
+``--resolution`` (default 1024):
+
+- Flan-UL2's T5 encoder (8.7B): encode the prompt row, 1 x 128 tokens (the unconditional half is zero
+  embeddings with an all-zero mask: not encoded); float32, bfloat16, and int8 weight-only
+  (``jaxgen.quantize``, bfloat16 compute);
+- Kandinsky3UNet (3.06B): one step on the 2 rows [zeros; text] of (res/8, res/8, 4) latents with 128
+  text tokens, then the guidance ``(g + 1) text - g uncond``; float32 and bfloat16;
+- MoVQ (VQModel, 0.27B) decode of one latent to res x res (not quantized) and, for img2img, encode of one
+  res x res image; float32 and bfloat16.
+
+Its summary, in bfloat16, four loading plans for a 16 GiB chip: (a) the T5 (bf16), UNet and MoVQ all
+resident; (b) the bf16 T5 loaded alone, encoding, freed before the UNet and MoVQ load; (c) the int8 T5
+resident with the others; (d) the int8 T5 loaded alone then freed. For each, the peak of each phase
+(text, denoise, decode, and img2img's encode: the params resident then + the phase's program beyond
+the params it reads), the text-to-image and img2img peaks and their headroom.
+
 The numbers come from the backend this runs on. On CPU, XLA's default scheduler favours
 concurrency over memory (it converts and broadcasts far ahead of use); this script turns it off
 (``--xla_cpu_enable_concurrency_optimized_scheduler=false``, unless XLA_FLAGS already sets it) so
@@ -39,6 +56,7 @@ logits) as an estimate of the flash-attention peak. Prints a Markdown table and 
 
     python benchmarks/memory.py --resolution 1024 --json benchmarks/memory-cpu.json
     python benchmarks/memory.py --model kandinsky-2-2 --json benchmarks/memory-kandinsky22-cpu.json
+    python benchmarks/memory.py --model kandinsky-3 --resolution 512 1024 --json benchmarks/memory-kandinsky3-cpu.json
 """
 
 from __future__ import annotations
@@ -62,6 +80,9 @@ CFG_BATCH = 2
 KANDINSKY_22 = ("kandinsky-community__kandinsky-2-2-prior", "kandinsky-community__kandinsky-2-2-decoder")
 CLIP_LEN = 77  # CLIP's tokenizer max length (the prior's text)
 KANDINSKY_GUIDANCE = 4.0  # the combined pipeline's prior_guidance_scale and guidance_scale
+KANDINSKY_3 = "kandinsky-community__kandinsky-3"
+K3_TEXT_LEN = 128  # Kandinsky3Pipeline pads the prompt to 128 tokens (the UNet sees at most as many)
+K3_GUIDANCE = 3.0  # (g + 1) text - g uncond = uncond + (g + 1) (text - uncond)
 CHIP_BYTES = 16 * GIB
 
 
@@ -302,6 +323,91 @@ def kandinsky_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def kandinsky3_row(component: str, folder: Path, dtype_name: str, resolution: int | None = None) -> dict:
+    """One call of Kandinsky 3's pipeline (``Kandinsky3Pipeline``, one image, guidance on): ``component`` is
+    "text_encoder" (Flan-UL2's T5 encoder on the 1 prompt row of 128 tokens: the unconditional row is zero
+    embeddings, not encoded; ``dtype_name`` "int8": int8 weights, bfloat16 compute), "unet" (one step on
+    the 2 rows [zeros; text], latents (2, res/8, res/8, 4) float32 as the loop carries them, 128 tokens,
+    then the guidance), "movq" (decode of one latent to res x res, not quantized) or "movq_encode" (one
+    res x res image to latents: img2img)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen.models import VQModel
+    from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
+    from jaxgen.text.t5 import T5EncoderModel
+
+    quantized = dtype_name == "int8"
+    dtype, f32, i32, s = (jnp.bfloat16 if quantized else jnp.dtype(dtype_name)), jnp.float32, jnp.int32, jax.ShapeDtypeStruct
+    cls, sub = {"text_encoder": (T5EncoderModel, "text_encoder"), "unet": (Kandinsky3UNet, "unet"),
+                "movq": (VQModel, "movq"), "movq_encode": (VQModel, "movq")}[component]
+    module, config, params = _load(cls, folder / sub / "config.json", dtype)
+    factor = 2 ** (len(json.loads((folder / "movq" / "config.json").read_text())["block_out_channels"]) - 1)
+    side = None if resolution is None else -(-resolution // factor**2) * factor  # downscale_height_and_width
+    count = sum(int(x.size) for x in jax.tree_util.tree_leaves(params))  # before quantization
+    if component == "text_encoder":
+        if quantized:
+            params, module = _abstract_params(module, dtype, quantized=True), module.clone(quantized=True)
+        label, call = "Flan-UL2 T5 encoder", f"encode 1x{K3_TEXT_LEN} tokens (the prompt row)"
+        fn = lambda p, i, m: module.apply({"params": p}, i, m).last_hidden_state
+        inputs = (s((1, K3_TEXT_LEN), i32), s((1, K3_TEXT_LEN), i32))
+    elif component == "unet":
+        label = "Kandinsky3UNet"
+        call = f"1 step, CFG batch {CFG_BATCH}, {side}x{side} latents ({resolution}x{resolution}), {K3_TEXT_LEN} tokens"
+        fn = lambda p, x, t, e, m: _guided(module.apply({"params": p}, x.astype(dtype), t, e, m).sample, K3_GUIDANCE + 1)
+        inputs = (s((CFG_BATCH, side, side, config["in_channels"]), f32), s((CFG_BATCH,), i32),
+                  s((CFG_BATCH, K3_TEXT_LEN, config["encoder_hid_dim"]), dtype), s((CFG_BATCH, K3_TEXT_LEN), i32))
+    elif component == "movq":  # decode_movq
+        label, call = "MoVQ VQModel", f"decode 1 image {resolution}x{resolution}, not quantized"
+        fn = lambda p, z: module.apply({"params": p}, z.astype(dtype), force_not_quantize=True,
+                                       method="decode").sample.astype(f32)
+        inputs = (s((1, side, side, config["latent_channels"]), f32),)
+    else:  # encode_movq
+        label, call = "MoVQ VQModel", f"encode 1 image {resolution}x{resolution} (img2img)"
+        fn = lambda p, x: module.apply({"params": p}, x.astype(dtype), method="encode").latents.astype(f32)
+        inputs = (s((1, resolution, resolution, config["in_channels"]), f32),)
+    return _row(f"{component} ({label}, {count / 1e9:.2f}B)", call,
+                "int8 weights, bfloat16 compute" if quantized else dtype_name, params, fn, *inputs,
+                resolution=resolution, param_count=count)
+
+
+# Kandinsky 3's loading plans: (name, the T5's dtype row, where the T5 is: "resident" with the UNet and MoVQ from
+# the start; "alone": loaded alone and freed before the UNet and MoVQ load; "visiting": in host memory, placed
+# next to the resident UNet and MoVQ for the text phase only (jaxgen's ``text_encoder_offload``))
+K3_PLANS = (("a: all resident, T5 bf16", "bfloat16", "resident"), ("b: T5 bf16 alone, freed", "bfloat16", "alone"),
+            ("c: all resident, T5 int8", "int8 weights, bfloat16 compute", "resident"),
+            ("d: T5 int8 alone, freed", "int8 weights, bfloat16 compute", "alone"),
+            ("e: T5 bf16 visiting (jaxgen default, 24-40 GiB chips)", "bfloat16", "visiting"),
+            ("f: T5 int8 visiting (jaxgen default, 16 GiB chips)", "int8 weights, bfloat16 compute", "visiting"))
+
+
+def kandinsky3_summary(rows: list[dict]) -> list[dict]:
+    """Kandinsky 3 peaks in bfloat16 per image size and loading plan (``K3_PLANS``): per phase (text, img2img's
+    encode, denoise, decode) the params resident then + the phase's program beyond the params it reads;
+    text-to-image's peak (text, denoise, decode), img2img's (the encode too), the headroom on 16 GiB."""
+    out = []
+    for resolution in sorted({r["resolution"] for r in rows if r["resolution"] is not None}):
+        pick = {(r["component"].split()[0], r["dtype"]): r for r in rows if r["resolution"] in (None, resolution)}
+        unet, movq, encode = (pick.get((n, "bfloat16")) for n in ("unet", "movq", "movq_encode"))
+        for plan, t5_dtype, where in K3_PLANS:
+            t5 = pick.get(("text_encoder", t5_dtype))
+            if not (t5 and unet and movq):
+                continue
+            later = unet["param_bytes"] + movq["param_bytes"] + (t5["param_bytes"] if where == "resident" else 0)
+            text = {"resident": later, "alone": t5["param_bytes"], "visiting": later + t5["param_bytes"]}[where]
+            phases = {"text": text + t5["extra_bytes"],
+                      "denoise": later + unet["extra_bytes"], "decode": later + movq["extra_bytes"]}
+            if encode:
+                phases["encode"] = later + encode["extra_bytes"]
+            t2i = max(v for k, v in phases.items() if k != "encode")
+            img2img = max(phases.values())
+            out.append({"plan": plan, "dtype": "bfloat16", "t5": t5_dtype, "resolution": resolution,
+                        "phase_peak_bytes": phases, "peak_bytes": t2i, "peak_phase": max(phases, key=phases.get),
+                        "img2img_peak_bytes": img2img, "headroom_16_gib_bytes": CHIP_BYTES - t2i,
+                        "img2img_headroom_16_gib_bytes": CHIP_BYTES - img2img})
+    return out
+
+
 def pixart_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for component in args.components:
@@ -332,6 +438,36 @@ def kandinsky_rows(args: argparse.Namespace) -> list[dict]:
                 print(f"# {rows[-1]['component']} {dtype} {resolution or ''}: compiled in {rows[-1]['compile_s']} s",
                       file=sys.stderr, flush=True)
     return rows
+
+
+def kandinsky3_rows(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for component in args.components:
+        for dtype in args.dtypes:
+            if dtype == "int8" and component != "text_encoder":
+                continue
+            for resolution in [None] if component == "text_encoder" else args.resolution:
+                rows.append(kandinsky3_row(component, args.configs / KANDINSKY_3, dtype, resolution))
+                print(f"# {rows[-1]['component']} {dtype} {resolution or ''}: compiled in {rows[-1]['compile_s']} s",
+                      file=sys.stderr, flush=True)
+    return rows
+
+
+def print_kandinsky3_summary(summary: list[dict]) -> None:
+    print("\nbfloat16 peak GiB of each phase with what is resident then (params + the phase's program beyond the params "
+          "it reads; text: the T5 on the prompt row; encode: img2img's MoVQ encode):\n")
+    print("| plan | image | text | denoise | decode | encode | text-to-image peak GiB | 16 GiB chip: headroom GiB "
+          "| img2img peak GiB | img2img headroom GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for s in summary:
+        phases = " | ".join(_gib(s["phase_peak_bytes"].get(k)) for k in ("text", "denoise", "decode", "encode"))
+        print(f"| {s['plan']} | {s['resolution']}x{s['resolution']} | {phases} | {s['peak_bytes'] / GIB:.2f} | "
+              f"{s['headroom_16_gib_bytes'] / GIB:.2f} | {s['img2img_peak_bytes'] / GIB:.2f} | "
+              f"{s['img2img_headroom_16_gib_bytes'] / GIB:.2f} |")
+
+
+def _gib(value: int | None) -> str:
+    return "-" if value is None else f"{value / GIB:.2f}"
 
 
 def print_pixart_summary(summary: list[dict]) -> None:
@@ -367,6 +503,13 @@ MODELS = {
                                 f"{' and '.join(f'{r}x{r}' for r in a.resolution)}",
                       lambda a: {"model": "kandinsky-2-2", "resolutions": a.resolution, "text_len": CLIP_LEN,
                                  "cfg_batch": CFG_BATCH, "configs": list(KANDINSKY_22), "chip_bytes": CHIP_BYTES}),
+    "kandinsky-3": (REPO / "tests" / "configs", [1024], ["text_encoder", "unet", "movq", "movq_encode"],
+                    ["float32", "bfloat16", "int8"], kandinsky3_rows, kandinsky3_summary, print_kandinsky3_summary,
+                    lambda a: f"Kandinsky 3 ({KANDINSKY_3}), 1 image, guidance on, "
+                              f"{' and '.join(f'{r}x{r}' for r in a.resolution)}",
+                    lambda a: {"model": "kandinsky-3", "resolutions": a.resolution, "text_len": K3_TEXT_LEN,
+                               "cfg_batch": CFG_BATCH, "guidance_scale": K3_GUIDANCE, "configs": KANDINSKY_3,
+                               "chip_bytes": CHIP_BYTES}),
 }
 
 
@@ -374,16 +517,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="pixart")
     parser.add_argument("--configs", type=Path, default=None,
-                        help="pixart: the model's folder (default the 1024-MS configs); kandinsky-2-2: the folder "
-                             "holding the 2.2 prior and decoder folders (default tests/configs)")
+                        help="pixart: the model's folder (default the 1024-MS configs); kandinsky-2-2, kandinsky-3: "
+                             "the folder holding the 2.2 prior and decoder folders, or the kandinsky-3 folder "
+                             "(default tests/configs)")
     parser.add_argument("--resolution", type=int, nargs="+", default=None,
-                        help="image size: pixart one (default 1024), kandinsky-2-2 one or more (default 512 768)")
+                        help="image size: pixart one (default 1024), kandinsky-2-2 one or more (default 512 768), "
+                             "kandinsky-3 one or more (default 1024)")
     parser.add_argument("--components", nargs="+", default=None,
                         help="pixart: text_encoder transformer vae; kandinsky-2-2: image_encoder text_encoder prior "
-                             "unet movq (default all)")
+                             "unet movq; kandinsky-3: text_encoder unet movq movq_encode (default all)")
     parser.add_argument("--dtypes", nargs="+", default=None,
-                        help="float32, bfloat16 (default both), int8 for pixart's text encoder only (weight-only, "
-                             "bfloat16 compute; pixart's default includes it)")
+                        help="float32, bfloat16 (default both), int8 for pixart's and kandinsky-3's text encoder only "
+                             "(weight-only, bfloat16 compute; their default includes it)")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-flash-estimate", action="store_true",
                         help="pixart: skip the transformer row with splash (flash) attention instead of XLA's")

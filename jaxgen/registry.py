@@ -70,6 +70,7 @@ _KANDINSKY = ("KandinskyPipeline", "KandinskyImg2ImgPipeline", "KandinskyInpaint
               "KandinskyImg2ImgCombinedPipeline", "KandinskyInpaintCombinedPipeline")
 _KANDINSKY_22 = ("KandinskyV22Pipeline", "KandinskyV22Img2ImgPipeline", "KandinskyV22InpaintPipeline",
                  "KandinskyV22CombinedPipeline", "KandinskyV22Img2ImgCombinedPipeline", "KandinskyV22InpaintCombinedPipeline")
+_KANDINSKY_3 = ("Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline")
 
 FAMILIES: tuple[Family, ...] = (
     Family(
@@ -146,8 +147,14 @@ FAMILIES: tuple[Family, ...] = (
         cli_generate="jaxgen.pipelines.kandinsky2_2.combined:cli_generate",
     ),
     Family(
-        "kandinsky3",  # the model so far; pipelines, MoVQ's config and the text encoder's mask to come
+        "kandinsky3",
+        pipelines=dict.fromkeys(("Kandinsky3Pipeline", "Kandinsky3Img2ImgPipeline"), "jaxgen.pipelines.kandinsky3"),
         models={"Kandinsky3UNet": "jaxgen.models.kandinsky3_unet"},
+        # as diffusers' AUTO_*_PIPELINES_MAPPING["kandinsky3"] (no inpainting)
+        tasks={
+            "text-to-image": _same_target(_KANDINSKY_3, "Kandinsky3Pipeline"),
+            "image-to-image": _same_target(_KANDINSKY_3, "Kandinsky3Img2ImgPipeline"),
+        },
     ),
     Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III

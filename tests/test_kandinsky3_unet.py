@@ -87,6 +87,25 @@ def test_all_zero_mask_row_masks_nothing(tiny):
     np.testing.assert_array_equal(out[1], full[1])  # the all-zero row is the unmasked row
 
 
+def test_context_length_leaves_shape_padding_out(tiny):
+    """jaxgen's ``context_length``: the text padded with extra zero tokens (masked) and its length give the
+    unpadded output, for a padded-mask row and for an all-zero-mask row (which attends to the L tokens)."""
+    _, module, params, compiled = tiny
+    sample, timesteps, text, _ = _jax(SAMPLE, TIMESTEPS, TEXT, MASK)
+    length, pad = text.shape[1], ((0, 0), (0, 7))
+    lengths = jnp.full((2,), length)
+    padded_args = (sample, timesteps, jnp.pad(text, pad + ((0, 0),)), jnp.pad(jnp.asarray(MASK.numpy()), pad))
+    padded = jax.jit(module.apply).lower({"params": params}, *padded_args, context_length=lengths).compile(
+        compiler_options=FAST_COMPILE)
+    for mask in (MASK, ZERO_ROW):
+        mask = jnp.asarray(mask.numpy())
+        ref = np.asarray(compiled({"params": params}, sample, timesteps, text, mask).sample)
+        out = padded({"params": params}, sample, timesteps, padded_args[2], jnp.pad(mask, pad), context_length=lengths)
+        err = rel_l2(np.asarray(out.sample), ref)
+        print(f"\ncontext_length {length} of {length + 7} tokens vs unpadded: rel L2 {err:.2e}")
+        assert err < TOL  # float32 rounding: softmax and mean over other lengths
+
+
 def test_bfloat16_shapes_and_dtypes():
     module = Kandinsky3UNet(Kandinsky3UNetConfig.tiny(), dtype=jnp.bfloat16)
     params = jax.eval_shape(module.init_params)

@@ -33,6 +33,7 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
 
     from tests.test_kandinsky import build_tiny_kandinsky
     from tests.test_kandinsky22 import build_tiny_kandinsky22
+    from tests.test_kandinsky3 import build_tiny_kandinsky3
 
     root = tmp_path_factory.mktemp("readme_models")
     geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
@@ -55,6 +56,8 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     for name, repo in (("prior", "kandinsky-2-2-prior"), ("decoder", "kandinsky-2-2-decoder"),
                        ("controlnet", "kandinsky-2-2-controlnet-depth")):
         folders[f"kandinsky-community/{repo}"] = kandinsky22[name]
+    folders["kandinsky-community/kandinsky-3"] = root / "kandinsky3"
+    build_tiny_kandinsky3(folders["kandinsky-community/kandinsky-3"], movq_levels=4, unet_levels=4)
     return folders
 
 

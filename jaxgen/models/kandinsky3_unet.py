@@ -118,7 +118,7 @@ class Kandinsky3UNetConfig(ModelConfig):
 
     def attention_widths(self) -> set[int]:
         """Widths of all attention outputs (the pooling's: time_embedding_dim), each split into heads."""
-        widths, n = {self.time_embedding_dim}, self.num_levels
+        widths = {self.time_embedding_dim}
         for i, (in_dim, out_dim) in enumerate(self.level_dims()):
             if self.attends(i):
                 widths |= {in_dim, out_dim}
@@ -275,17 +275,23 @@ class Kandinsky3AttentionPooling(nn.Module):
     """``add_time_condition``: the mean text token attends over the text; the result is added to the time embedding.
 
     ``attention``: query/key/value width D -> T (T // head_dim heads), ``to_out.0`` T -> T, no biases.
-    The mean runs over all L tokens, padding included (diffusers); the attention masks the padding.
-    Call: ``(time_embed (B, T), context (B, L, D), context_mask (B, L) bool or None) -> (B, T)``.
+    The mean runs over all L tokens, padding included (diffusers), or over the ``in_context`` ones (B, L)
+    bool (jaxgen's shape padding left out); the attention masks the padding.
+    Call: ``(time_embed (B, T), context (B, L, D), context_mask (B, L) bool or None, in_context) -> (B, T)``.
     """
 
     head_dim: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, time_embed: jax.Array, context: jax.Array, context_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, time_embed: jax.Array, context: jax.Array, context_mask: jax.Array | None = None,
+                 in_context: jax.Array | None = None) -> jax.Array:
         t = time_embed.shape[-1]
-        query = jnp.mean(context, axis=1, keepdims=True)
+        if in_context is None:
+            query = jnp.mean(context, axis=1, keepdims=True)
+        else:
+            weights = in_context[..., None].astype(context.dtype)
+            query = jnp.sum(context * weights, axis=1, keepdims=True) / jnp.sum(weights, axis=1, keepdims=True)
         pooled = Attention(t // self.head_dim, self.head_dim, out_dim=t, out_bias=False, dtype=self.dtype,
                            name="attention")(query, context, context_mask)
         return time_embed + pooled[:, 0]
@@ -395,6 +401,10 @@ class Kandinsky3UNet(nn.Module, PretrainedModel):
       encoder_attention_mask: (B, L) 0/1 or bool; padded tokens are hidden from the pooling and the
         cross-attention; an all-zero row masks nothing (as diffusers' -10000 bias). None masks
         nothing (diffusers requires a mask).
+      context_length: jaxgen's own, optional: (B,) or a scalar count of leading tokens that are the text;
+        those after it are padding added for a fixed shape (one compiled program for every prompt
+        length): masked out, left out of the pooling's mean, and outside what an all-zero row attends to.
+        The output equals diffusers' on the first ``context_length`` tokens alone.
     Returns ``Kandinsky3UNetOutput(sample=(B, H, W, in_channels))``.
     """
 
@@ -418,20 +428,26 @@ class Kandinsky3UNet(nn.Module, PretrainedModel):
     @nn.compact
     def __call__(self, sample: jax.Array, timestep: jax.Array | float | int,
                  encoder_hidden_states: jax.Array | None = None,
-                 encoder_attention_mask: jax.Array | None = None) -> Kandinsky3UNetOutput:
+                 encoder_attention_mask: jax.Array | None = None,
+                 context_length: jax.Array | int | None = None) -> Kandinsky3UNetOutput:
         cfg, dtype = self.config, self.dtype
         if sample.ndim != 4:
             raise ValueError(f"sample must be NHWC (batch, height, width, channels), got shape {sample.shape}")
         if encoder_hidden_states is None:
             raise ValueError("Kandinsky3UNet needs encoder_hidden_states (the text embeddings)")
-        mask = None
+        batch, tokens = sample.shape[0], encoder_hidden_states.shape[1]
+        in_context = None
+        if context_length is not None:
+            lengths = jnp.reshape(jnp.asarray(context_length), (-1, 1))
+            in_context = jnp.broadcast_to(jnp.arange(tokens)[None] < lengths, (batch, tokens))
+        mask = in_context
         if encoder_attention_mask is not None:
             mask = jnp.asarray(encoder_attention_mask).astype(bool)
             if mask.ndim != 2:
                 raise ValueError(f"encoder_attention_mask must be a 0/1 (batch, tokens) mask, got shape {mask.shape}")
             mask = mask | ~jnp.any(mask, axis=1, keepdims=True)  # all-zero rows: diffusers' -10000 everywhere
+            mask = mask if in_context is None else mask & in_context
 
-        batch = sample.shape[0]
         timesteps = jnp.broadcast_to(jnp.reshape(jnp.asarray(timestep), (-1,)), (batch,))
         time_embed = Timesteps(cfg.init_channels, flip_sin_to_cos=False, downscale_freq_shift=1)(timesteps)
         time_embed = TimestepEmbedding(cfg.time_embedding_dim, act_fn="silu", dtype=dtype, name="time_embedding")(
@@ -439,7 +455,7 @@ class Kandinsky3UNet(nn.Module, PretrainedModel):
         context = Kandinsky3EncoderProj(cfg.cross_attention_dim, dtype, name="encoder_hid_proj")(
             jnp.asarray(encoder_hidden_states).astype(dtype))
         time_embed = Kandinsky3AttentionPooling(cfg.attention_head_dim, dtype, name="add_time_condition")(
-            time_embed, context, mask)
+            time_embed, context, mask, in_context)
 
         common = dict(num_blocks=cfg.layers_per_block, head_dim=cfg.attention_head_dim, groups=cfg.groups, dtype=dtype)
         x = conv2d(cfg.init_channels, 3, padding=1, dtype=dtype, name="conv_in")(sample.astype(dtype))

@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jaxgen import hub, sharding
 
 __all__ = [
-    "ComponentSpec", "DeferredModel", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
+    "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
 ]
 
 
@@ -68,6 +68,29 @@ class DeferredModel:
 
     def __repr__(self) -> str:
         return f"DeferredModel({self.model_class.__name__}, {os.fspath(self.source)!r}, subfolder={self.subfolder!r})"
+
+
+class HostModel(DeferredModel):
+    """A model component kept in host memory: its params (numpy, or arrays on the CPU backend) go to the
+    devices for each use (``load(mesh)``) and are freed when that use ends. For a model that does not fit on
+    the chips next to the others (Kandinsky 3's 8.7B-parameter T5): the peak is then the larger of it alone
+    and the others, at the price of one host-to-device copy of its params per use.
+
+    ``config``, ``dtype`` and ``module`` read like a loaded module's; ``params`` are the host copy.
+    """
+
+    def __init__(self, module: Any, params: Any) -> None:
+        self.module, self.params, self.model_class = module, params, type(module)
+        self.config, self.dtype, self.outputs = module.config, module.dtype, {}
+
+    def load(self, mesh: Mesh | None = None) -> Any:
+        """The bound module with a device copy of the params (on ``mesh`` by the partition rules, else one device)."""
+        params = (sharding.place_params(self.params, mesh, self.module) if mesh is not None
+                  else jax.device_put(self.params, jax.local_devices()[0]))
+        return self.module.bind({"params": params})
+
+    def __repr__(self) -> str:
+        return f"HostModel({self.model_class.__name__}, dtype={jax.numpy.dtype(self.dtype).name})"
 
 
 def bind_model(value: Any) -> Any:

@@ -41,7 +41,9 @@ from jax.sharding import Mesh
 from jaxgen import sharding
 from jaxgen.image_processing import numpy_to_pil, postprocess
 from jaxgen.pipelines import checks, progress, sampling
-from jaxgen.pipelines.loading import ComponentSpec, DeferredModel, bind_model, load_components, place_on_mesh, unbind
+from jaxgen.pipelines.loading import (
+    ComponentSpec, DeferredModel, HostModel, bind_model, load_components, place_on_mesh, unbind,
+)
 from jaxgen.pipelines.outputs import BaseOutput, ImagePipelineOutput
 
 logger = logging.getLogger(__name__)
@@ -339,7 +341,10 @@ class DiffusionPipeline:
             )
         ids, mask = tokenize(self.tokenizer, texts, max_length, warn_truncation=warn_truncation,
                              encoder_name=encoder_name)
-        module, params = unbind(self.text_encoder)
+        encoder = self.text_encoder
+        if isinstance(encoder, HostModel):  # on the devices for this call only
+            encoder = encoder.load(self.mesh)
+        module, params = unbind(encoder)
         rows = sharding.padded_size(len(texts), self.mesh)
         with self._mesh_context():
             fields = encode(module, params, self.shard_rows(ids, rows), self.shard_rows(mask, rows) if use_mask else None,

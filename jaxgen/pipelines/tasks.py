@@ -44,7 +44,10 @@ def start_at_strength(state: Any, strength: float, order: int = 1) -> Any:
             f"After adjusting the num_inference_steps by strength parameter: {strength}, the number of pipeline"
             f" steps is {n - begin} which is < 1 and not appropriate for this pipeline."
         )
-    return state.replace(step_index=jnp.asarray(begin, jnp.int32))
+    step_index = jnp.asarray(begin, jnp.int32)
+    if isinstance(state.step_index, jax.Array):  # placed as before, so text-to-image's compiled loop is reused
+        step_index = jax.device_put(step_index, state.step_index.sharding)
+    return state.replace(step_index=step_index)
 
 
 def noised_to_start(scheduler: Any, state: Any, init: Any, noise: jax.Array) -> jax.Array:

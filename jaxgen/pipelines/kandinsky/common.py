@@ -21,13 +21,13 @@ from jaxgen import sharding
 from jaxgen.image_processing import preprocess
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.vq_model import VQModel
-from jaxgen.pipelines import checks
+from jaxgen.pipelines import checks, tasks
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
 from jaxgen.text.multilingual_clip import MultilingualCLIP
 
 __all__ = [
-    "KandinskyDenoiser", "KandinskyDecoderBase", "decode_movq", "encode_movq", "latent_size", "image_embeds_rows",
+    "KandinskyDenoiser", "KandinskyDecoderBase", "MoVQParts", "decode_movq", "encode_movq", "latent_size", "image_embeds_rows",
     "MAX_LENGTH", "HINT_FACTOR",
 ]
 
@@ -55,12 +55,23 @@ class KandinskyDenoiser(Denoiser):
         return self.unet.config.out_channels == 2 * self.latent_channels
 
 
-@functools.partial(jax.jit, static_argnames=("module",))
-def decode_movq(module: Any, params: Any, latents: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("module", "rows_per_pass"))
+def decode_movq(module: Any, params: Any, latents: jax.Array, rows_per_pass: int | None = None) -> jax.Array:
     """MoVQ decode of latents (B, h, w, C), not quantized (as every Kandinsky pipeline decodes) -> images
-    (B, f*h, f*w, 3) in about [-1, 1], float32. Kandinsky's latents are not scaled."""
-    out = module.apply({"params": params}, latents.astype(module.dtype), force_not_quantize=True, method="decode")
-    return out.sample.astype(jnp.float32)
+    (B, f*h, f*w, 3) in about [-1, 1], float32. Kandinsky's latents are not scaled.
+
+    ``rows_per_pass`` (e.g. the mesh's data-axis size; it must divide B): decode that many rows at a time,
+    one pass after another, so memory holds one pass's activations (5 GiB per image at 1024 x 1024 in
+    bfloat16). Pass j takes row j of every block of B / rows_per_pass rows: with the rows split over the
+    data axis in such blocks, each device decodes its own rows one by one. The same values either way."""
+    decode = lambda z: module.apply({"params": params}, z.astype(module.dtype), force_not_quantize=True,
+                                    method="decode").sample.astype(jnp.float32)
+    rows = latents.shape[0]
+    if rows_per_pass is None or rows <= rows_per_pass:
+        return decode(latents)
+    blocks = jnp.swapaxes(latents.reshape(rows_per_pass, rows // rows_per_pass, *latents.shape[1:]), 0, 1)
+    images = jax.lax.map(decode, blocks)  # (B / n, n, H, W, 3)
+    return jnp.swapaxes(images, 0, 1).reshape(rows, *images.shape[2:])
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
@@ -118,14 +129,10 @@ _COMPONENTS = {
 }
 
 
-class KandinskyDecoderBase(DiffusionPipeline):
-    """What Kandinsky 2.1's three decoder pipelines share: components (diffusers' names: ``text_encoder``
-    (``MultilingualCLIP``), ``tokenizer`` (XLM-RoBERTa), ``unet``, ``scheduler`` (DDIM), ``movq``
-    (``VQModel``)), prompt encoding, the image embeddings, the MoVQ, and the sampling run."""
-
-    _components = _COMPONENTS
-
-    # -- the MoVQ ------------------------------------------------------------------------------
+class MoVQParts:
+    """A pipeline whose latents are a ``movq``'s (a ``VQModel``): Kandinsky 2.1, 2.2 and 3's MoVQ encode
+    (image inputs), decode (the output) and scale factor, and the runs from noise and from an image
+    around the pipeline's own ``sample(latents, state, embeds, guidance_scale, key, batch, **options)``."""
 
     def _decoder_name(self) -> str:
         return "movq"
@@ -135,18 +142,12 @@ class KandinskyDecoderBase(DiffusionPipeline):
         """Pixels per latent pixel: 2 ** (MoVQ levels - 1) (8), as diffusers; 8 without a MoVQ."""
         return 2 ** (len(self.movq.config.block_out_channels) - 1) if self.movq is not None else 8
 
-    @property
-    def latent_channels(self) -> int:
-        """Channels of the latents the UNet denoises: the MoVQ's (4), else the UNet's ``out_channels`` / 2."""
-        if self.movq is not None:
-            return self.movq.config.latent_channels
-        return self.unet.config.out_channels // 2
-
     def decode_latents(self, latents: jax.Array) -> jax.Array:
-        """Latents on the mesh -> images in about [-1, 1]: the MoVQ decode (not quantized)."""
+        """Latents on the mesh -> images in about [-1, 1]: the MoVQ decode (not quantized), one image per
+        device at a time."""
         module, params = unbind(self.movq)
         with self._mesh_context():
-            return decode_movq(module, params, latents)
+            return decode_movq(module, params, latents, rows_per_pass=sharding.data_size(self.mesh))
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
         """Images (N, H, W, 3) in [-1, 1] -> MoVQ latents (N, H/f, W/f, C), rows split over the mesh."""
@@ -158,22 +159,69 @@ class KandinskyDecoderBase(DiffusionPipeline):
             latents = encode_movq(module, params, self.shard_rows(images.astype(np.dtype(module.dtype)), rows))
         return np.asarray(sharding.gather_rows(latents, images.shape[0]), np.float32)
 
-    def preprocess_image(self, image: Any, height: int, width: int, name: str = "image",
+    def preprocess_image(self, image: Any, height: int | None, width: int | None, name: str = "image",
                          normalize: bool = True) -> np.ndarray:
         """An image argument -> float32 (N, height, width, 3) in [-1, 1] (in [0, 1] without ``normalize``: 2.2's
         ControlNet hint): PIL images resized to ``width`` x ``height`` (bicubic, as diffusers' Kandinsky);
-        arrays (NHWC in [0, 1]) must be that size already."""
+        arrays (NHWC in [0, 1]) must be that size already. ``height``/``width`` None (Kandinsky 3): the
+        image's own size, PIL images rounded down to multiples of the MoVQ's factor (diffusers'
+        ``VaeImageProcessor``), arrays as they are."""
         checks.image_batch_size(name, image)
         pil = isinstance(image, PIL.Image.Image) or (isinstance(image, (list, tuple)) and image
                                                      and isinstance(image[0], PIL.Image.Image))
         if pil:
-            return preprocess(image, height, width, vae_scale_factor=1, resample="bicubic", reducing_gap=1,
+            factor = 1 if height is not None else self.movq_scale_factor
+            return preprocess(image, height, width, vae_scale_factor=factor, resample="bicubic", reducing_gap=1,
                               do_normalize=normalize, do_convert_rgb=True)
         out = preprocess(image, do_resize=False, do_normalize=normalize)
-        if out.shape[1:3] != (height, width) or out.shape[-1] != 3:
-            raise ValueError(f"`{name}` arrays must be (N, height, width, 3) = (N, {height}, {width}, 3) (channels"
+        size = out.shape[1:3] if height is None else (height, width)
+        if out.shape[1:3] != size or out.shape[-1] != 3:
+            raise ValueError(f"`{name}` arrays must be (N, height, width, 3) = (N, {size[0]}, {size[1]}, 3) (channels"
                              f" last, in [0, 1]; PIL images are resized), got shape {out.shape}")
         return out
+
+    def sample_from_noise(self, latents: Any, shape: tuple[int, ...], num_inference_steps: int, guidance_scale: float,
+                          rng: Any, batch: Batch, embeds: Any, *, noise_to_cond: bool = False,
+                          **sample_options: Any) -> jax.Array:
+        """Text-to-image's run (and inpainting's): the initial noise (``latents`` or drawn from ``rng``'s first
+        key) times the scheduler's ``init_noise_sigma``, sampled over every step by the pipeline's ``sample``
+        (``embeds``: its conditioning; ``sample_options`` passed on). ``noise_to_cond``: the initial latents
+        also go to ``per_image["noise"]`` (for a post step)."""
+        noise_key, step_key = jax.random.split(as_key(rng))
+        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
+        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
+        if noise_to_cond:
+            sample_options["per_image"] = dict(sample_options.get("per_image") or {}, noise=latents)
+        return self.sample(latents, state, embeds, guidance_scale, step_key, batch, **sample_options)
+
+    def sample_from_image(self, init: np.ndarray, latents: Any, shape: tuple[int, ...], strength: float,
+                          num_inference_steps: int, guidance_scale: float, rng: Any, batch: Batch, embeds: Any,
+                          **sample_options: Any) -> jax.Array:
+        """Image-to-image's run (2.2 and 3): the images' MoVQ latents, repeated per image, noised by the
+        scheduler (``add_noise``) to the first of the last ``strength`` fraction of the steps (noise:
+        ``latents`` or drawn), then sampled from there by the pipeline's ``sample``."""
+        noise_key, step_key = jax.random.split(as_key(rng))
+        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
+        state = tasks.start_at_strength(state, strength, self.scheduler.order)
+        init_latents = np.repeat(self.encode_images(init), batch.per_prompt, axis=0)
+        noise = self.initial_noise(latents, noise_key, shape)
+        start = tasks.noised_to_start(self.scheduler, state, init_latents, noise)
+        return self.sample(start, state, embeds, guidance_scale, step_key, batch, **sample_options)
+
+
+class KandinskyDecoderBase(MoVQParts, DiffusionPipeline):
+    """What Kandinsky 2.1's three decoder pipelines share: components (diffusers' names: ``text_encoder``
+    (``MultilingualCLIP``), ``tokenizer`` (XLM-RoBERTa), ``unet``, ``scheduler`` (DDIM), ``movq``
+    (``VQModel``)), prompt encoding, the image embeddings, the MoVQ, and the sampling run."""
+
+    _components = _COMPONENTS
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the latents the UNet denoises: the MoVQ's (4), else the UNet's ``out_channels`` / 2."""
+        if self.movq is not None:
+            return self.movq.config.latent_channels
+        return self.unet.config.out_channels // 2
 
     # -- text and image embeddings -------------------------------------------------------------
 
@@ -259,19 +307,6 @@ class KandinskyDecoderBase(DiffusionPipeline):
         denoiser = KandinskyDenoiser(module, self.latent_channels)
         return self.denoise(denoiser, params, latents, state, cond, guidance_scale, key, batch, post_step=post_step,
                             callback=callback, callback_steps=callback_steps)
-
-    def sample_from_noise(self, latents: Any, shape: tuple[int, ...], num_inference_steps: int, guidance_scale: float,
-                          rng: Any, batch: Batch, image_embeds: tuple, *, noise_to_cond: bool = False,
-                          per_image: dict[str, Any] | None = None, **sample_options: Any) -> jax.Array:
-        """Text-to-image's run (and inpainting's): the initial noise (``latents`` or drawn from ``rng``'s first
-        key) times the scheduler's ``init_noise_sigma``, sampled over every step (``sample``'s options).
-        ``noise_to_cond``: the initial latents also go to ``per_image["noise"]`` (for a post step)."""
-        noise_key, step_key = jax.random.split(as_key(rng))
-        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
-        latents = self.initial_noise(latents, noise_key, shape) * self.scheduler.init_noise_sigma
-        per_image = dict(per_image or {}, **({"noise": latents} if noise_to_cond else {}))
-        return self.sample(latents, state, image_embeds, guidance_scale, step_key, batch, per_image=per_image,
-                           **sample_options)
 
     def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
         """``warmup``: zero image embeddings (and, for the image pipelines, a gray image and mask)."""

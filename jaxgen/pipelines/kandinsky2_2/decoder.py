@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -23,7 +22,7 @@ from jaxgen.pipelines import checks, tasks
 from jaxgen.pipelines.kandinsky.common import HINT_FACTOR, KandinskyDecoderBase, latent_size
 from jaxgen.pipelines.kandinsky.decoder import InpaintingParts, masked_image_channels
 from jaxgen.pipelines.outputs import ImagePipelineOutput
-from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, as_key
+from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec
 from jaxgen.pipelines.sampling import PostStep
 
 __all__ = [
@@ -65,20 +64,6 @@ class KandinskyV22DecoderBase(KandinskyDecoderBase):
         size = tuple(HINT_FACTOR * s for s in latent_size(height, width, self.movq_scale_factor))
         out = self.preprocess_image(hint, *size, name="hint", normalize=False)
         return np.repeat(np.broadcast_to(out, (batch.prompts, *out.shape[1:])), batch.per_prompt, axis=0)
-
-    def sample_from_image(self, init: np.ndarray, latents: Any, shape: tuple[int, ...], strength: float,
-                          num_inference_steps: int, guidance_scale: float, rng: Any, batch: Batch, image_embeds: tuple,
-                          **sample_options: Any) -> jax.Array:
-        """Image-to-image's run: the images' MoVQ latents, repeated per image, noised by the scheduler
-        (``add_noise``) to the first of the last ``strength`` fraction of the steps (noise: ``latents`` or
-        drawn), then sampled from there."""
-        noise_key, step_key = jax.random.split(as_key(rng))
-        state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows,) + shape[1:])
-        state = tasks.start_at_strength(state, strength, self.scheduler.order)
-        init_latents = np.repeat(self.encode_images(init), batch.per_prompt, axis=0)
-        noise = self.initial_noise(latents, noise_key, shape)
-        start = tasks.noised_to_start(self.scheduler, state, init_latents, noise)
-        return self.sample(start, state, image_embeds, guidance_scale, step_key, batch, **sample_options)
 
     def _placeholder_embeds(self, batch_size: int, guided: bool, call: Any) -> dict[str, Any]:
         return {}  # no prompt: ``_placeholder_images`` gives the image embeddings
