@@ -157,6 +157,11 @@ FAMILIES: tuple[Family, ...] = (
         },
     ),
     Family(
+        "wuerstchen",  # stages A and C and the scheduler so far; stage B and the pipelines to come
+        models={"PaellaVQModel": "jaxgen.models.paella_vq_model", "WuerstchenPrior": "jaxgen.models.wuerstchen_prior"},
+        schedulers={"DDPMWuerstchenScheduler": "jaxgen.schedulers.ddpm_wuerstchen"},
+    ),
+    Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III
         pipelines={"StableDiffusionUpscalePipeline": "jaxgen.pipelines.stable_diffusion_upscale"},
     ),

@@ -182,7 +182,8 @@ def test_bad_text_to_image_input_is_refused_before_compiling(k3):
 
 def test_auto_pipelines_and_cli_with_the_default_ddpm(k3, tmp_path):
     """diffusers' Auto mappings (no inpainting for Kandinsky 3); ``jaxgen generate`` with the checkpoint's DDPM
-    (variance noise every step): the same seed gives the same image, another seed another; and --image."""
+    (variance noise every step): two seeds, two images. (The CLI's --image path is the generic one through
+    ``AutoPipelineForImage2Image``, run for Kandinsky 2.2 in test_kandinsky22.py.)"""
     import PIL.Image
 
     from jaxgen.cli import main
@@ -192,18 +193,12 @@ def test_auto_pipelines_and_cli_with_the_default_ddpm(k3, tmp_path):
     assert jaxgen.AutoPipelineForImage2Image.pipeline_class_for(folder) is jaxgen.Kandinsky3Img2ImgPipeline
     with pytest.raises(ValueError, match="inpainting"):
         jaxgen.AutoPipelineForInpainting.pipeline_class_for(folder)
-    common = ["generate", "a cat", "--model", str(folder), "--steps", "2"]
-    size = ["--height", str(SIZE), "--width", str(SIZE)]
-    for name, seed in (("first", "0"), ("again", "0"), ("other", "1")):
-        assert main([*common, *size, "--seed", seed, "--out", str(tmp_path / f"{name}.png")]) == 0
-    _pil(5).save(tmp_path / "in.png")
-    assert main([*common, "--image", str(tmp_path / "in.png"), "--strength", "0.5",
-                 "--out", str(tmp_path / "i2i.png")]) == 0
-    images = {name: np.asarray(PIL.Image.open(tmp_path / f"{name}.png"), np.float32)
-              for name in ("first", "again", "other", "i2i")}
-    assert all(image.shape == (SIZE, SIZE, 3) for image in images.values())
-    np.testing.assert_array_equal(images["first"], images["again"])
-    assert np.abs(images["first"] - images["other"]).max() > 0
+    common = ["generate", "a cat", "--model", str(folder), "--steps", "2", "--height", str(SIZE), "--width", str(SIZE)]
+    for seed in ("0", "1"):
+        assert main([*common, "--seed", seed, "--out", str(tmp_path / f"seed{seed}.png")]) == 0
+    images = [np.asarray(PIL.Image.open(tmp_path / f"seed{seed}.png"), np.float32) for seed in ("0", "1")]
+    assert all(image.shape == (SIZE, SIZE, 3) for image in images)
+    assert np.abs(images[0] - images[1]).max() > 0
 
 
 def test_movq_round_trip_matches_diffusers(k3):

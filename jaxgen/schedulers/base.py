@@ -413,7 +413,8 @@ class BaseScheduler:
     # -- shared host-side validation -----------------------------------------------------------
 
     def _check_num_inference_steps(self, num_inference_steps: Any) -> int:
-        n_train = self.config["num_train_timesteps"]
+        """A positive int, at most the training timesteps where the schedule is discrete."""
+        n_train = self.config.get("num_train_timesteps", np.inf)  # continuous time (Würstchen): no bound
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)):
             raise ValueError(f"`num_inference_steps` must be a positive int, got {num_inference_steps!r}")
         if num_inference_steps < 1:
