@@ -20,7 +20,7 @@ from convert.engine import KeyRule, Path, Source, conv_transpose, default_rule, 
 
 __all__ = ["key_rule", "ignored_keys"]
 
-_TRANSPOSED_CONVS = ("up_sample", "shortcut_up_sample")  # the module names of ConvTranspose2x2
+_TRANSPOSED_CONVS = ("up_sample", "shortcut_up_sample")  # the module names of its ConvTranspose (2x2, stride 2)
 
 
 def _rule(path: Path, shape: tuple[int, ...]) -> Source:

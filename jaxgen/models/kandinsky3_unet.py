@@ -42,12 +42,12 @@ from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.embeddings import TimestepEmbedding, Timesteps
 from jaxgen.nn.linear import Dense
-from jaxgen.nn.resnet import conv2d, group_norm
+from jaxgen.nn.resnet import ConvTranspose, conv2d, group_norm
 from jaxgen.nn.transformer import TRANSFORMER_PARAM_AXES, layer_norm
 
 __all__ = [
     "Kandinsky3UNetConfig", "Kandinsky3UNet", "Kandinsky3UNetOutput", "Kandinsky3ConditionalGroupNorm",
-    "ConvTranspose2x2", "Kandinsky3Block", "Kandinsky3ResNetBlock", "Kandinsky3AttentionBlock",
+    "Kandinsky3Block", "Kandinsky3ResNetBlock", "Kandinsky3AttentionBlock",
     "Kandinsky3AttentionPooling", "Kandinsky3EncoderProj", "Kandinsky3DownSampleBlock", "Kandinsky3UpSampleBlock",
 ]
 
@@ -163,27 +163,6 @@ class Kandinsky3ConditionalGroupNorm(nn.Module):
         return group_norm(self.groups, _EPS, self.dtype, "norm", affine=False)(x) * (scale + 1.0) + shift
 
 
-class ConvTranspose2x2(nn.Module):
-    """``torch.nn.ConvTranspose2d(C, features, kernel_size=2, stride=2)`` on NHWC: each pixel becomes a 2x2 patch.
-
-    ``kernel`` is (2, 2, C, features) (``convert.engine.conv_transpose`` of torch's (C, features, 2, 2)).
-    Call: ``(B, H, W, C) -> (B, 2H, 2W, features)``; products are summed in float32.
-    """
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        x = x.astype(self.dtype)
-        y = jnp.einsum("bhwc,xyco->bhxwyo", x, kernel.astype(self.dtype), preferred_element_type=jnp.float32)
-        y = y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(jnp.float32)
-        return y.astype(self.dtype)
-
-
 class Kandinsky3Block(nn.Module):
     """Conditional ``group_norm`` -> SiLU -> [``up_sample``] -> ``projection`` conv -> [``down_sample``].
 
@@ -202,7 +181,7 @@ class Kandinsky3Block(nn.Module):
         x = Kandinsky3ConditionalGroupNorm(self.groups, self.dtype, name="group_norm")(x, time_embed)
         x = jax.nn.silu(x)
         if self.resample == "up":
-            x = ConvTranspose2x2(x.shape[-1], self.dtype, name="up_sample")(x)
+            x = ConvTranspose(x.shape[-1], 2, 2, dtype=self.dtype, name="up_sample")(x)
         x = conv2d(self.out_channels, self.kernel_size, padding=int(self.kernel_size > 1), dtype=self.dtype,
                    name="projection")(x)
         if self.resample == "down":
@@ -234,7 +213,7 @@ class Kandinsky3ResNetBlock(nn.Module):
             out = Kandinsky3Block(width, kernel, self.groups, self.resample if i == where else None, self.dtype,
                                   name=f"resnet_blocks.{i}")(out, time_embed)
         if self.resample == "up":
-            x = ConvTranspose2x2(in_channels, self.dtype, name="shortcut_up_sample")(x)
+            x = ConvTranspose(in_channels, 2, 2, dtype=self.dtype, name="shortcut_up_sample")(x)
         if in_channels != self.out_channels:
             x = conv2d(self.out_channels, 1, dtype=self.dtype, name="shortcut_projection")(x)
         if self.resample == "down":

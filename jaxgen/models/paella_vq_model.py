@@ -9,7 +9,7 @@ diffusers, so the default key rule maps them):
 * ``MixingResidualBlock``: LayerNorm (no affine) -> depthwise 3x3 convolution on edge-padded input, and
   LayerNorm -> channelwise MLP (4x, GELU), each scaled and shifted by six learned ``gammas``;
 * ``in_block``: pixel unshuffle then a 1x1 convolution; ``out_block``: a 1x1 convolution then pixel shuffle;
-* the up path widens back with 4x4 stride-2 transposed convolutions (``ConvTranspose4x4``).
+* the up path widens back with 4x4 stride-2 transposed convolutions (``jaxgen.nn.resnet.ConvTranspose``).
 
 ``PaellaVQModel.from_pretrained(folder, subfolder="vqgan")`` returns ``(module, params)``.
 """
@@ -27,11 +27,11 @@ from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.models.vq_model import VectorQuantizer, VQEncoderOutput
 from jaxgen.nn.autoencoder_blocks import DecoderOutput
 from jaxgen.nn.linear import Dense
-from jaxgen.nn.resnet import conv2d
-from jaxgen.nn.wuerstchen_blocks import channel_layer_norm
+from jaxgen.nn.resnet import ConvTranspose, conv2d
+from jaxgen.nn.transformer import layer_norm
 
 __all__ = [
-    "PaellaVQModelConfig", "PaellaVQModel", "MixingResidualBlock", "ConvTranspose4x4", "BatchNormInference",
+    "PaellaVQModelConfig", "PaellaVQModel", "MixingResidualBlock", "BatchNormInference",
     "pixel_shuffle", "pixel_unshuffle",
 ]
 
@@ -101,33 +101,14 @@ class MixingResidualBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         gammas = self.param("gammas", nn.initializers.zeros_init(), (6,)).astype(x.dtype)
-        h = channel_layer_norm(x) * (1 + gammas[0]) + gammas[1]
+        h = layer_norm(1e-6, False, self.dtype, name="norm1")(x) * (1 + gammas[0]) + gammas[1]
         h = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
         h = nn.Conv(c, (3, 3), padding="VALID", feature_group_count=c, dtype=self.dtype, name="depthwise.1")(h)
         x = x + h * gammas[2]
-        h = channel_layer_norm(x) * (1 + gammas[3]) + gammas[4]
+        h = layer_norm(1e-6, False, self.dtype, name="norm2")(x) * (1 + gammas[3]) + gammas[4]
         h = Dense(4 * c, dtype=self.dtype, name="channelwise.0")(h)
         h = Dense(c, dtype=self.dtype, name="channelwise.2")(jax.nn.gelu(h, approximate=False))
         return x + h * gammas[5]
-
-
-class ConvTranspose4x4(nn.Module):
-    """``torch.nn.ConvTranspose2d(C, features, kernel_size=4, stride=2, padding=1)`` on NHWC: (B, H, W, C) ->
-    (B, 2H, 2W, features). ``kernel`` (4, 4, C, features) is ``convert.engine.conv_transpose`` of torch's
-    (C, features, 4, 4); computed as the convolution of the 2x-dilated input with the flipped kernel."""
-
-    features: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (4, 4, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), kernel[::-1, ::-1].astype(self.dtype), window_strides=(1, 1),
-            padding=((2, 2), (2, 2)), lhs_dilation=(2, 2), dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            preferred_element_type=jnp.float32)
-        return (y + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 class BatchNormInference(nn.Module):
@@ -182,7 +163,7 @@ class PaellaVQModel(nn.Module, PretrainedModel):
             for _ in range(cfg.bottleneck_blocks if i == 0 else 1):
                 up.append(MixingResidualBlock(dtype, name=f"up_blocks.{len(up) + 1}"))
             if i < levels - 1:
-                up.append(ConvTranspose4x4(widths[levels - 2 - i], dtype, name=f"up_blocks.{len(up) + 1}"))
+                up.append(ConvTranspose(widths[levels - 2 - i], 4, 2, 1, dtype, name=f"up_blocks.{len(up) + 1}"))
         self.up = up
         self.out_conv = conv2d(cfg.out_channels * cfg.up_down_scale_factor**2, 1, dtype=dtype, name="out_block.0")
 
@@ -228,7 +209,7 @@ class PaellaVQModel(nn.Module, PretrainedModel):
         return self.decode(self.encode(x).latents, force_not_quantize=False).sample
 
     def transposed_conv_names(self) -> list[str]:
-        """The names of the up path's ``ConvTranspose4x4`` modules (``up_blocks.N``), for the key map."""
+        """The names of the up path's ``ConvTranspose`` modules (``up_blocks.N``), for the key map."""
         cfg, names, index = self.config, [], 0
         for i in range(cfg.levels):
             index += cfg.bottleneck_blocks if i == 0 else 1

@@ -23,7 +23,8 @@ import jax.numpy as jnp
 from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.linear import Dense
 from jaxgen.nn.resnet import conv2d
-from jaxgen.nn.wuerstchen_blocks import WUERSTCHEN_PARAM_AXES, AttnBlock, ResBlock, TimestepBlock, channel_layer_norm
+from jaxgen.nn.transformer import layer_norm
+from jaxgen.nn.wuerstchen_blocks import WUERSTCHEN_PARAM_AXES, AttnBlock, ResBlock, TimestepBlock
 
 __all__ = ["WuerstchenPriorConfig", "WuerstchenPrior", "r_embedding"]
 
@@ -88,7 +89,8 @@ class WuerstchenPrior(nn.Module, PretrainedModel):
             h = ResBlock(dtype=dtype, name=f"blocks.{3 * i}")(h)
             h = TimestepBlock(dtype, name=f"blocks.{3 * i + 1}")(h, r_embed)
             h = AttnBlock(cfg.nhead, dtype=dtype, name=f"blocks.{3 * i + 2}")(h, cond)
-        out = conv2d(2 * cfg.c_in, 1, dtype=dtype, name="out.1")(channel_layer_norm(h)).astype(jnp.float32)
+        out = conv2d(2 * cfg.c_in, 1, dtype=dtype, name="out.1")(layer_norm(1e-6, False, dtype, name="out.0")(h))
+        out = out.astype(jnp.float32)
         a, b = jnp.split(out, 2, axis=-1)
         return ((x_in.astype(jnp.float32) - a) / (jnp.abs(1 - b) + 1e-5)).astype(dtype)
 

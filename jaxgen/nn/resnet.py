@@ -18,7 +18,7 @@ from jaxgen.nn.linear import Conv, Dense
 
 __all__ = [
     "get_activation", "group_norm", "conv2d", "SpatialNorm", "ResnetBlock2D", "Downsample2D", "Upsample2D",
-    "upsample_nearest",
+    "upsample_nearest", "ConvTranspose",
 ]
 
 
@@ -60,6 +60,40 @@ def conv2d(features: int, kernel_size: int, *, stride: int = 1, padding: int = 0
         features, (kernel_size, kernel_size), strides=(stride, stride),
         padding=((padding, padding), (padding, padding)), use_bias=use_bias, dtype=dtype, name=name,
     )
+
+
+class ConvTranspose(nn.Module):
+    """``torch.nn.ConvTranspose2d(C, features, kernel_size, stride, padding)`` on NHWC: (B, H, W, C) ->
+    (B, (H - 1) * stride - 2 * padding + kernel_size, ..., features).
+
+    ``kernel`` is (k, k, C, features) (``convert.engine.conv_transpose`` of torch's (C, features, k, k)).
+    Where the kernel is the stride and there is no padding (Kandinsky 3's 2x2 upsampling), each pixel becomes
+    its own k x k patch: one einsum. Otherwise (Paella's 4x4, stride 2, padding 1) it is the convolution of the
+    stride-dilated input with the flipped kernel, padded by k - 1 - padding. Products summed in float32.
+    """
+
+    features: int
+    kernel_size: int
+    stride: int
+    padding: int = 0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c, self.features)).astype(self.dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+        x = x.astype(self.dtype)
+        if k == s and self.padding == 0:
+            y = jnp.einsum("bhwc,xyco->bhxwyo", x, kernel, preferred_element_type=jnp.float32)
+            y = y.reshape(b, k * h, k * w, self.features)
+        else:
+            pad = ((k - 1 - self.padding,) * 2,) * 2
+            y = jax.lax.conv_general_dilated(x, kernel[::-1, ::-1], window_strides=(1, 1), padding=pad,
+                                             lhs_dilation=(s, s), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                             preferred_element_type=jnp.float32)
+        return (y + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 def upsample_nearest(x: jax.Array, output_size: tuple[int, int] | None = None) -> jax.Array:

@@ -1,6 +1,6 @@
 """The blocks Würstchen's stage C (``WuerstchenPrior``) and stage B (``WuerstchenDiffNeXt``) share, channels last,
-with diffusers' names (``modeling_wuerstchen_common.py``): a LayerNorm over channels without affine params
-(stage A's ``MixingResidualBlock`` normalizes the same way),
+with diffusers' names (``modeling_wuerstchen_common.py``). Their ``WuerstchenLayerNorm`` (over channels, no affine
+params, eps 1e-6) is ``jaxgen.nn.transformer.layer_norm`` on NHWC features. The blocks:
 ``TimestepBlock`` (scale and shift from the noise-ratio embedding), ``ResBlock`` (depthwise convolution ->
 norm -> channelwise MLP with ``GlobalResponseNorm``), and ``AttnBlock`` (self- plus cross-attention over the
 mapped conditioning)."""
@@ -15,8 +15,9 @@ import jax.numpy as jnp
 
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.linear import Dense
+from jaxgen.nn.transformer import layer_norm
 
-__all__ = ["channel_layer_norm", "TimestepBlock", "GlobalResponseNorm", "ResBlock", "AttnBlock", "WUERSTCHEN_PARAM_AXES"]
+__all__ = ["TimestepBlock", "GlobalResponseNorm", "ResBlock", "AttnBlock", "WUERSTCHEN_PARAM_AXES"]
 
 WUERSTCHEN_PARAM_AXES = (
     # the channelwise MLPs (4x) and the attention, Megatron style over the mesh's model axis
@@ -28,15 +29,6 @@ WUERSTCHEN_PARAM_AXES = (
     (r"(.*/)?to_out\.0/kernel", ("heads", "embed")),
 )
 """Logical axes (``jaxgen.sharding``) of the Würstchen blocks' params."""
-
-
-def channel_layer_norm(x: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """``WuerstchenLayerNorm(c, elementwise_affine=False, eps=1e-6)``: LayerNorm over the channels of NHWC
-    features, computed in float32, returned in ``x``'s dtype."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 class TimestepBlock(nn.Module):
@@ -80,7 +72,8 @@ class ResBlock(nn.Module):
         c, k = x.shape[-1], self.kernel_size
         h = nn.Conv(c, (k, k), padding=((k // 2, k // 2),) * 2, feature_group_count=c, dtype=self.dtype,
                     name="depthwise")(x)
-        h = Dense(4 * c, dtype=self.dtype, name="channelwise.0")(channel_layer_norm(h))
+        h = layer_norm(1e-6, False, self.dtype, name="norm")(h)
+        h = Dense(4 * c, dtype=self.dtype, name="channelwise.0")(h)
         h = GlobalResponseNorm(self.dtype, name="channelwise.2")(jax.nn.gelu(h, approximate=False))
         return x + Dense(c, dtype=self.dtype, name="channelwise.4")(h)
 
@@ -98,7 +91,7 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         kv = Dense(c, dtype=self.dtype, name="kv_mapper.1")(jax.nn.silu(cond.astype(self.dtype)))
-        tokens = channel_layer_norm(x).reshape(b, h * w, c)
+        tokens = layer_norm(1e-6, False, self.dtype, name="norm")(x).reshape(b, h * w, c)
         if self.self_attn:
             kv = jnp.concatenate([tokens, kv.astype(tokens.dtype)], axis=1)
         out = Attention(self.nhead, c // self.nhead, bias=True, dtype=self.dtype, name="attention")(tokens, kv)

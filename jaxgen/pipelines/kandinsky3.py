@@ -36,7 +36,7 @@ from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks
 from jaxgen.pipelines.kandinsky.common import MoVQParts, latent_size
-from jaxgen.pipelines.loading import HostModel
+from jaxgen.pipelines.loading import HostModel, config_param_bytes
 from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, _per_image, unbind
 from jaxgen.pipelines.sampling import ClassifierFreeGuidance, Denoiser, NoGuidance
@@ -76,14 +76,11 @@ def padded_context(embeds: Any, mask: Any) -> tuple[jax.Array, np.ndarray, np.nd
 
 
 def _component_bytes(root: Any, name: str, model_class: Any, dtype: Any) -> int:
-    """A component's params' bytes in ``dtype``, from its config alone (nothing allocated); 0 if absent."""
-    from jaxgen.quantize import cast_floating, param_bytes
-
+    """A component's params' bytes in ``dtype``, from its config alone; 0 if the checkpoint has none."""
     folder = hub.component_folder(root, name)
     if not (folder / model_class.config_name).is_file():
         return 0
-    module = model_class.from_config(hub.load_config(folder, model_class.config_name), dtype=dtype)
-    return param_bytes(cast_floating(module.param_shapes(), dtype))
+    return config_param_bytes(model_class, folder, dtype)[1]
 
 
 def _host_text_encoder(source: Any, *, dtype: Any, variant: str | None, int8: bool) -> HostModel:

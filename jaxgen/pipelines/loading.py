@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from jaxgen import hub, sharding
 
 __all__ = [
-    "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "unbind", "load_components", "default_mesh", "place_on_mesh",
+    "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "config_param_bytes", "unbind", "load_components", "default_mesh", "place_on_mesh",
 ]
 
 
@@ -218,6 +218,15 @@ def load_components(
     return loaded, mesh
 
 
+def config_param_bytes(model_class: Any, folder: Path, dtype: Any) -> tuple[Any, int]:
+    """A component's module (no params) and its params' bytes in ``dtype``, from its config.json alone (shapes
+    only, nothing allocated)."""
+    from jaxgen.quantize import cast_floating, param_bytes
+
+    module = model_class.from_config(hub.load_config(folder, model_class.config_name), dtype=dtype)
+    return module, param_bytes(cast_floating(module.param_shapes(), dtype))
+
+
 def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[str, Any], dtype: Any,
                  components: Mapping[str, Any]) -> Mesh:
     """``sharding.auto_mesh`` for the model components a ``from_pretrained`` call will hold.
@@ -226,7 +235,7 @@ def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[
     component passed in counts with its own params. Nothing is computed where the device memory
     is unknown (CPU) or there is one device: the mesh is then plain data parallel.
     """
-    from jaxgen.quantize import cast_floating, param_bytes
+    from jaxgen.quantize import param_bytes
 
     devices = jax.local_devices()
     device_bytes = sharding.device_memory_bytes(devices[0])
@@ -246,10 +255,7 @@ def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[
             entry = index.get(name)
             if entry is None or entry[1] is None:
                 continue  # missing or optional: load_components reports it
-            module = spec.model_class.from_config(
-                hub.load_config(hub.component_folder(root, name), spec.model_class.config_name), dtype=dtype
-            )
-            sizes[name] = param_bytes(cast_floating(module.param_shapes(), dtype))
+            module, sizes[name] = config_param_bytes(spec.model_class, hub.component_folder(root, name), dtype)
         if not getattr(type(module), "param_axes", ()):
             replicated.append(name)
     return sharding.auto_mesh(sizes, device_bytes, devices, replicated=replicated)
