@@ -21,7 +21,7 @@ import numpy as np
 
 __all__ = [
     "Source", "ConversionError", "KeyRule", "default_rule", "default_torch_key", "linear", "conv",
-    "conv_transpose", "identity", "convert_state_dict", "check_coverage", "flatten_paths", "unflatten_paths", "renamed",
+    "conv_transpose", "with_transposed_convs", "identity", "convert_state_dict", "check_coverage", "flatten_paths", "unflatten_paths", "renamed",
 ]
 
 Path = tuple[str, ...]
@@ -65,6 +65,19 @@ def conv_transpose(w: np.ndarray) -> np.ndarray:
     the two give the same shape and only the values tell them apart.
     """
     return np.transpose(w, tuple(range(2, w.ndim)) + (0, 1))
+
+
+def with_transposed_convs(names: Iterable[str]) -> "KeyRule":
+    """The default rule, except that the kernels of the modules called one of ``names`` (a model's
+    ``ConvTranspose`` layers) are ``nn.ConvTranspose2d`` weights: ``conv_transpose`` instead of ``conv``."""
+    names = frozenset(names)
+
+    def rule(path: Path, shape: tuple[int, ...]) -> Source:
+        if path[-1] == "kernel" and len(path) >= 2 and path[-2] in names:
+            return Source((default_torch_key(path),), conv_transpose)
+        return default_rule(path, shape)
+
+    return rule
 
 
 _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "embedding": "weight"}

@@ -16,22 +16,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from convert.engine import KeyRule, Path, Source, conv_transpose, default_rule, default_torch_key
+from convert.engine import KeyRule, with_transposed_convs
 
 __all__ = ["key_rule", "ignored_keys"]
 
 _TRANSPOSED_CONVS = ("up_sample", "shortcut_up_sample")  # the module names of its ConvTranspose (2x2, stride 2)
 
 
-def _rule(path: Path, shape: tuple[int, ...]) -> Source:
-    if len(path) >= 2 and path[-2] in _TRANSPOSED_CONVS and path[-1] == "kernel":
-        return Source((default_torch_key(path),), conv_transpose)
-    return default_rule(path, shape)
-
-
 def key_rule(config: Any) -> KeyRule:
     """The key map for a ``Kandinsky3UNetConfig``: diffusers' names, transposed convolutions by their own layout."""
-    return _rule
+    return with_transposed_convs(_TRANSPOSED_CONVS)
 
 
 def ignored_keys(config: Any) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from convert.engine import KeyRule, Path, Source, conv_transpose, default_rule, default_torch_key
+from convert.engine import KeyRule, with_transposed_convs
 
 __all__ = ["key_rule", "ignored_keys"]
 
@@ -22,14 +22,7 @@ def key_rule(config: Any) -> KeyRule:
     """The key map for a ``PaellaVQModelConfig``: the default rule, transposed convolutions by their layout."""
     from jaxgen.models.paella_vq_model import PaellaVQModel
 
-    transposed = set(PaellaVQModel(config).transposed_conv_names())
-
-    def rule(path: Path, shape: tuple[int, ...]) -> Source:
-        if path[-1] == "kernel" and len(path) >= 2 and path[-2] in transposed:
-            return Source((default_torch_key(path),), conv_transpose)
-        return default_rule(path, shape)
-
-    return rule
+    return with_transposed_convs(PaellaVQModel(config).transposed_conv_names())
 
 
 def ignored_keys(config: Any) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     family = registry.family_of(checkpoint_class_name(args.model))
-    if family is not None and family.cli_generate is not None:  # more than one pipeline call (IF, Kandinsky)
+    if family is not None and family.cli_generate is not None:  # more than one pipeline call (IF, Kandinsky, Würstchen)
         module, name = family.cli_generate.split(":")
         save_stage = lambda images, stage: _save_pngs(images, _stage_paths(args.out, len(images), stage))
         images = registry.load(module, name)(args, _call_options(args, None), dtype, save_stage)
@@ -140,10 +140,11 @@ def _parser() -> argparse.ArgumentParser:
     cascade.add_argument("--stage3-model", default="stabilityai/stable-diffusion-x4-upscaler")
     cascade.add_argument("--noise-level", type=int, default=100, help="stage III's noise level (default 100)")
     cascade.add_argument("--save-stages", action="store_true", help="also write each earlier stage's images (-stage1, -stage2)")
-    prior = gen.add_argument_group("Kandinsky prior (when --model is a Kandinsky decoder)")
+    prior = gen.add_argument_group("prior (when --model is a Kandinsky or Würstchen decoder)")
     prior.add_argument("--prior-model", default=None,
                        help="the prior's repo or folder (default: the one the decoder's README.md names)")
-    prior.add_argument("--prior-steps", type=int, default=None, help="the prior's denoising steps (default 25)")
+    prior.add_argument("--prior-steps", type=int, default=None,
+                       help="the prior's denoising steps (default: Kandinsky 25, Würstchen 60)")
     prior.add_argument("--prior-guidance", type=float, default=None, help="the prior's guidance scale (default 4)")
     inputs = gen.add_argument_group("image inputs (pipelines that take them)")
     inputs.add_argument("--image", default=None, help="image file: image to image from it")

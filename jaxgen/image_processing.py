@@ -119,6 +119,79 @@ def resize_bilinear_align_corners(images: jax.Array, height: int, width: int) ->
     return x.astype(dtype)
 
 
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once, as a fused multiply-add (the float32 product is exact in float64)."""
+    return (np.asarray(a, np.float64) * b + c).astype(np.float32)
+
+
+def _keys_cubic_aa(x: np.ndarray) -> np.ndarray:
+    """ATen's antialiasing bicubic filter (Keys, a = -0.5) on float32 ``x``. torch's CPU kernels are built with
+    FMA contraction (AVX2 / AVX-512), which moves the small outer taps by a few ulp: this evaluates the same
+    fused steps, so the weights come out bit-equal to torch's."""
+    a, x = np.float32(-0.5), np.abs(x).astype(np.float32)
+    inner = _fma32(_fma32(a + 2, x, -(a + 3)) * x, x, np.float32(1))
+    outer = _fma32(_fma32(_fma32(a, x, -5 * a), x, 8 * a), x, -4 * a)
+    return np.where(x < 1, inner, np.where(x < 2, outer, np.float32(0))).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=128)
+def bicubic_antialias_weights(in_size: int, out_size: int, align_corners: bool = True) -> np.ndarray:
+    """(out_size, in_size) float32 matrix of torch's antialiased bicubic resize along one axis (ATen's
+    ``_compute_indices_min_size_weights_aa`` for float32, its float/double promotions step by step).
+
+    scale = (in - 1) / (out - 1) with ``align_corners`` (0 for one output), in / out without; output i reads the
+    window around center = scale * (i + 0.5) (the half-pixel center even with ``align_corners``: the aa kernels
+    only change the scale) of half-width support = 2 * max(scale, 1), weights filter((src - center + 0.5) /
+    max(scale, 1)), normalized to sum 1. Read-only (cached)."""
+    f32 = np.float32
+    if align_corners:
+        scale = f32(in_size - 1) / f32(out_size - 1) if out_size > 1 else f32(0)
+    else:
+        scale = f32(in_size) / f32(out_size)
+    support = f32(2.0 * float(scale)) if scale >= 1 else f32(2)
+    invscale = f32(1.0 / float(scale)) if scale >= 1 else f32(1)
+    max_taps = int(np.ceil(support)) * 2 + 1
+    center = (float(scale) * (np.arange(out_size) + 0.5)).astype(f32)
+    # C++'s int64 casts truncate toward zero (astype does too)
+    xmin = np.maximum(((center - support).astype(np.float64) + 0.5).astype(np.int64), 0)
+    xmax = np.minimum(((center + support).astype(np.float64) + 0.5).astype(np.int64), in_size)
+    xsize = np.clip(xmax - xmin, 0, max_taps)
+    src = xmin[:, None] + np.arange(max_taps)[None, :]
+    valid = np.arange(max_taps)[None, :] < xsize[:, None]
+    arg = (((src.astype(f32) - center[:, None]).astype(np.float64) + 0.5) * float(invscale)).astype(f32)
+    taps = np.where(valid, _keys_cubic_aa(arg), f32(0))
+    total = np.zeros(out_size, f32)
+    for j in range(max_taps):  # summed in order in float32, as ATen's loop
+        total = (total + taps[:, j]).astype(f32)
+    taps = np.where(total[:, None] != 0, taps / np.where(total == 0, f32(1), total)[:, None], taps).astype(f32)
+    weights = np.zeros((out_size, in_size), f32)
+    rows = np.broadcast_to(np.arange(out_size)[:, None], src.shape)
+    weights[rows[valid], src[valid]] = taps[valid]
+    weights.setflags(write=False)
+    return weights
+
+
+def resize_bicubic_antialias(images: jax.Array, height: int, width: int, align_corners: bool = True) -> jax.Array:
+    """NHWC images (N, h, w, C) -> (N, height, width, C): torch's ``F.interpolate(size=(height, width),
+    mode="bicubic", antialias=True, align_corners=align_corners)`` on NCHW (Würstchen's stage B resizes its
+    EfficientNet conditioning so), computed in float32 and returned in the input's dtype.
+
+    Two precomputed weight matrices (``bicubic_antialias_weights``, static shapes) applied as einsums, width first
+    then height, as ATen's separable kernel; an axis whose size does not change is left alone, as ATen does.
+    The weights are torch's bit for bit; the sums agree to about an ulp. (torch's CPU kernel mishandles a
+    1-pixel-wide image whose width stays 1, repeating its first output row down the height; this does not.)
+    """
+    dtype = images.dtype
+    x = images.astype(jnp.promote_types(dtype, jnp.float32))
+    if width != x.shape[2]:
+        w = jnp.asarray(bicubic_antialias_weights(x.shape[2], width, align_corners), x.dtype)
+        x = jnp.einsum("ow,nhwc->nhoc", w, x, precision=jax.lax.Precision.HIGHEST)
+    if height != x.shape[1]:
+        w = jnp.asarray(bicubic_antialias_weights(x.shape[1], height, align_corners), x.dtype)
+        x = jnp.einsum("oh,nhwc->nowc", w, x, precision=jax.lax.Precision.HIGHEST)
+    return x.astype(dtype)
+
+
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
     """Source indices of torch's nearest resize: floor(i * in/out) in float32, at most in - 1."""
     scale = np.float32(in_size) / np.float32(out_size)

@@ -157,9 +157,21 @@ FAMILIES: tuple[Family, ...] = (
         },
     ),
     Family(
-        "wuerstchen",  # stages A and C and the scheduler so far; stage B and the pipelines to come
-        models={"PaellaVQModel": "jaxgen.models.paella_vq_model", "WuerstchenPrior": "jaxgen.models.wuerstchen_prior"},
+        "wuerstchen",
+        pipelines=dict.fromkeys(("WuerstchenPriorPipeline", "WuerstchenDecoderPipeline", "WuerstchenCombinedPipeline"),
+                                "jaxgen.pipelines.wuerstchen"),
+        models={"PaellaVQModel": "jaxgen.models.paella_vq_model", "WuerstchenPrior": "jaxgen.models.wuerstchen_prior",
+                "WuerstchenDiffNeXt": "jaxgen.models.wuerstchen_diffnext"},
         schedulers={"DDPMWuerstchenScheduler": "jaxgen.schedulers.ddpm_wuerstchen"},
+        # as diffusers' AUTO_TEXT2IMAGE_(DECODER_)PIPELINES_MAPPING["wuerstchen"]: a decoder -> prior + decoder
+        tasks={"text-to-image": _same_target(("WuerstchenDecoderPipeline", "WuerstchenCombinedPipeline"),
+                                             "WuerstchenCombinedPipeline")},
+        cli_generate="jaxgen.pipelines.wuerstchen:cli_generate",
+    ),
+    Family(
+        "unidiffuser",  # the models so far; the pipeline to come
+        models={"UniDiffuserModel": "jaxgen.models.unidiffuser_model",
+                "UniDiffuserTextDecoder": "jaxgen.models.unidiffuser_text_decoder"},
     ),
     Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III

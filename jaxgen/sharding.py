@@ -292,7 +292,8 @@ def put_host_array(host: np.ndarray, sharding: jax.sharding.Sharding, dtype: Any
         key = repr(index)
         if key not in blocks:
             part = host[index]
-            blocks[key] = np.ascontiguousarray(part.astype(dtype, copy=False) if cast else part)
+            # order="C", not ascontiguousarray: that makes a 0-d block (a scalar) 1-d
+            blocks[key] = np.asarray(part.astype(dtype, copy=False) if cast else part, order="C")
         return blocks[key]
 
     out = jax.make_array_from_callback(host.shape, sharding, block)

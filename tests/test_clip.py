@@ -225,6 +225,10 @@ def _coverage(cls, torch_model, cfg_dict):
         ("kandinsky-community__kandinsky-2-2-prior", "image_encoder", CLIPVisionModelWithProjection,  # ViT-bigG
          transformers.CLIPVisionModelWithProjection,
          dict(hidden_size=1664, num_hidden_layers=48, patch_size=14, hidden_act="gelu", projection_dim=1280)),
+        ("warp-ai__wuerstchen-prior", "text_encoder", CLIPTextModel, transformers.CLIPTextModel,  # ViT-bigG
+         dict(hidden_size=1280, num_hidden_layers=32, hidden_act="gelu", eos_token_id=2)),
+        ("warp-ai__wuerstchen", "text_encoder", CLIPTextModel, transformers.CLIPTextModel,  # ViT-H
+         dict(hidden_size=1024, num_hidden_layers=24, hidden_act="gelu")),
         ("thu-ml__unidiffuser-v1", "image_encoder", CLIPVisionModelWithProjection,
          transformers.CLIPVisionModelWithProjection,
          dict(hidden_size=768, num_hidden_layers=12, patch_size=32, projection_dim=512)),

@@ -42,7 +42,7 @@ def test_steps_match_diffusers(config, custom, monkeypatch):
     ours, ref = _pair(**config)
     state = ours.set_timesteps(timesteps=STAGE_C) if custom else ours.set_timesteps(6)
     ref.set_timesteps(timesteps=STAGE_C) if custom else ref.set_timesteps(6)
-    np.testing.assert_allclose(np.asarray(state.timesteps), ref.timesteps[:-1].numpy(), rtol=0, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(state.timesteps), ref.timesteps[:-1].numpy())  # bit for bit
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 4, 16)).astype(np.float32)
     import diffusers.schedulers.scheduling_ddpm_wuerstchen as module
@@ -99,3 +99,13 @@ def test_a_jitted_loop_runs_every_step_with_its_own_noise():
 def test_bad_timesteps_are_refused(timesteps, message):
     with pytest.raises(ValueError, match=message):
         DDPMWuerstchenScheduler().set_timesteps(timesteps=timesteps)
+
+
+def test_default_timesteps_are_torchs_bit_for_bit():
+    """diffusers' torch.linspace(1, 0, n + 1): the model's ratio embedding multiplies t by 10000, so an ulp of t
+    is visible in a pipeline's output (np.linspace differs by an ulp at some points)."""
+    for n in range(1, 130):
+        state = DDPMWuerstchenScheduler().set_timesteps(n)
+        ref = torch.linspace(1.0, 0.0, n + 1).numpy()
+        np.testing.assert_array_equal(np.asarray(state.timesteps), ref[:-1])
+        np.testing.assert_array_equal(np.asarray(state.prev_timesteps), ref[1:])

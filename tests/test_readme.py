@@ -34,6 +34,7 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     from tests.test_kandinsky import build_tiny_kandinsky
     from tests.test_kandinsky22 import build_tiny_kandinsky22
     from tests.test_kandinsky3 import build_tiny_kandinsky3
+    from tests.test_wuerstchen import build_tiny_wuerstchen
 
     root = tmp_path_factory.mktemp("readme_models")
     geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
@@ -58,6 +59,8 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
         folders[f"kandinsky-community/{repo}"] = kandinsky22[name]
     folders["kandinsky-community/kandinsky-3"] = root / "kandinsky3"
     build_tiny_kandinsky3(folders["kandinsky-community/kandinsky-3"], movq_levels=4, unet_levels=4)
+    wuerstchen, _ = build_tiny_wuerstchen(root / "wuerstchen")  # the real sizes: 42.67 and 10.67 px per pixel
+    folders["warp-ai/wuerstchen-prior"], folders["warp-ai/wuerstchen"] = wuerstchen["prior"], wuerstchen["decoder"]
     return folders
 
 

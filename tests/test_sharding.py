@@ -392,8 +392,13 @@ def test_unet_splits_over_the_model_axis_and_gives_the_same_output():
     """IF-I-XL (4.3B) needs a model axis on 16 GiB chips: attention and resnet convs split, output unchanged."""
     from jaxgen.models.unet_2d_condition import UNet2DConditionModel, UNet2DConditionModelConfig
 
-    module = UNet2DConditionModel(config=UNet2DConditionModelConfig.tiny())
-    params = jax.jit(module.init_params)(jax.random.key(0))
+    # two levels of the tiny IF-like UNet: the same block types, half the program to partition and compile
+    module = UNet2DConditionModel(config=UNet2DConditionModelConfig.tiny(
+        block_out_channels=(16, 32), down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D")))
+    rng = np.random.default_rng(0)  # random params from the shapes: compiling flax's init took a minute here
+    params = jax.tree_util.tree_map(lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), jnp.float32),
+                                    module.param_shapes())
     mesh = sharding.make_mesh(data=2, model=4)
     specs = sharding.param_specs(module, mesh, params)
     assert specs["down_blocks.1"]["attentions.0"]["add_k_proj"]["kernel"] == P(None, "model")
@@ -401,10 +406,9 @@ def test_unet_splits_over_the_model_axis_and_gives_the_same_output():
     assert specs["down_blocks.0"]["resnets.0"]["conv2"]["kernel"] == P(None, None, "model")
     assert specs["conv_in"]["kernel"] == P()
     placed = sharding.place_params(params, mesh, module)
-    rng = np.random.default_rng(0)
     sample = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
     text = rng.standard_normal((2, 5, 24)).astype(np.float32)
     apply = jax.jit(lambda p, x, t, e: module.apply({"params": p}, x, t, e).sample)
     want = apply(params, sample, jnp.array([10, 999]), text)
     got = apply(placed, sharding.shard_batch(sample, mesh), jnp.array([10, 999]), sharding.shard_batch(text, mesh))
-    assert float(jnp.max(jnp.abs(got - want))) < 1e-5
+    assert float(jnp.max(jnp.abs(got - want))) < 1e-5 * max(1.0, float(jnp.max(jnp.abs(want))))

@@ -27,7 +27,7 @@ from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.models.vq_model import VectorQuantizer, VQEncoderOutput
 from jaxgen.nn.autoencoder_blocks import DecoderOutput
 from jaxgen.nn.linear import Dense
-from jaxgen.nn.resnet import ConvTranspose, conv2d
+from jaxgen.nn.resnet import ConvTranspose, DepthwiseConv2d, conv2d
 from jaxgen.nn.transformer import layer_norm
 
 __all__ = [
@@ -103,7 +103,7 @@ class MixingResidualBlock(nn.Module):
         gammas = self.param("gammas", nn.initializers.zeros_init(), (6,)).astype(x.dtype)
         h = layer_norm(1e-6, False, self.dtype, name="norm1")(x) * (1 + gammas[0]) + gammas[1]
         h = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-        h = nn.Conv(c, (3, 3), padding="VALID", feature_group_count=c, dtype=self.dtype, name="depthwise.1")(h)
+        h = DepthwiseConv2d(3, 0, self.dtype, name="depthwise.1")(h)
         x = x + h * gammas[2]
         h = layer_norm(1e-6, False, self.dtype, name="norm2")(x) * (1 + gammas[3]) + gammas[4]
         h = Dense(4 * c, dtype=self.dtype, name="channelwise.0")(h)

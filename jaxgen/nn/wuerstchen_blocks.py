@@ -2,7 +2,8 @@
 with diffusers' names (``modeling_wuerstchen_common.py``). Their ``WuerstchenLayerNorm`` (over channels, no affine
 params, eps 1e-6) is ``jaxgen.nn.transformer.layer_norm`` on NHWC features. The blocks:
 ``TimestepBlock`` (scale and shift from the noise-ratio embedding), ``ResBlock`` (depthwise convolution ->
-norm -> channelwise MLP with ``GlobalResponseNorm``), and ``AttnBlock`` (self- plus cross-attention over the
+norm -> (optional skip features concatenated, stage B's ``ResBlockStageB``) -> channelwise MLP with
+``GlobalResponseNorm``), and ``AttnBlock`` (self- plus cross-attention over the
 mapped conditioning)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxgen.nn.attention import Attention
 from jaxgen.nn.linear import Dense
+from jaxgen.nn.resnet import DepthwiseConv2d
 from jaxgen.nn.transformer import layer_norm
 
 __all__ = ["TimestepBlock", "GlobalResponseNorm", "ResBlock", "AttnBlock", "WUERSTCHEN_PARAM_AXES"]
@@ -60,19 +62,22 @@ class GlobalResponseNorm(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """diffusers' Würstchen ``ResBlock`` (no skip input): ``x + channelwise(norm(depthwise(x)))``, the depthwise
-    convolution ``kernel_size`` wide (zero padded), the MLP Linear(C, 4C) -> GELU -> GRN -> Linear(4C, C).
-    Call: (B, H, W, C) -> (B, H, W, C)."""
+    """diffusers' Würstchen ``ResBlock`` / ``ResBlockStageB``: ``x + channelwise(cat(norm(depthwise(x)), x_skip))``,
+    the depthwise convolution ``kernel_size`` wide (zero padded), the MLP Linear(C + C_skip, 4C) -> GELU -> GRN ->
+    Linear(4C, C). Stage C passes no skip (C_skip = 0); stage B concatenates the level's skip features and/or the
+    mapped EfficientNet features after the norm, so the depthwise convolution stays C -> C.
+    Call: (x (B, H, W, C), x_skip (B, H, W, C_skip) or None) -> (B, H, W, C)."""
 
     kernel_size: int = 3
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, x_skip: jax.Array | None = None) -> jax.Array:
         c, k = x.shape[-1], self.kernel_size
-        h = nn.Conv(c, (k, k), padding=((k // 2, k // 2),) * 2, feature_group_count=c, dtype=self.dtype,
-                    name="depthwise")(x)
+        h = DepthwiseConv2d(k, k // 2, self.dtype, name="depthwise")(x)
         h = layer_norm(1e-6, False, self.dtype, name="norm")(h)
+        if x_skip is not None:
+            h = jnp.concatenate([h, x_skip.astype(h.dtype)], axis=-1)
         h = Dense(4 * c, dtype=self.dtype, name="channelwise.0")(h)
         h = GlobalResponseNorm(self.dtype, name="channelwise.2")(jax.nn.gelu(h, approximate=False))
         return x + Dense(c, dtype=self.dtype, name="channelwise.4")(h)

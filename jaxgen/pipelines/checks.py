@@ -16,9 +16,9 @@ import PIL.Image
 from jaxgen.image_processing import OUTPUT_TYPES
 
 __all__ = [
-    "check_call_kwargs", "check_run_options", "check_prompt_arguments", "prompt_batch_size", "negative_prompts",
-    "check_strength", "check_size", "image_batch_size", "check_image_argument", "check_mask_argument",
-    "check_latents",
+    "check_call_kwargs", "check_run_options", "check_embeddings_output_type", "check_prompt_arguments",
+    "prompt_batch_size", "negative_prompts", "check_strength", "check_size", "image_batch_size",
+    "check_image_argument", "check_mask_argument", "check_latents",
 ]
 
 
@@ -61,6 +61,12 @@ def check_run_options(
         raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
     if timesteps is None and sigmas is None and not _positive_int(num_inference_steps):
         raise ValueError(f"`num_inference_steps` has to be a positive integer but is {num_inference_steps}.")
+
+
+def check_embeddings_output_type(output_type: Any) -> None:
+    """The output types of pipelines that return embeddings (priors): "pt" (jax arrays here) or "np"."""
+    if output_type not in ("pt", "np"):
+        raise ValueError(f"Only the output types `pt` and `np` are supported not output_type={output_type}")
 
 
 def check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds) -> None:

@@ -19,7 +19,20 @@ import numpy as np
 
 from .base import BaseScheduler, SchedulerState, draw_noise, register_config
 
-__all__ = ["DDPMWuerstchenScheduler", "DDPMWuerstchenSchedulerState"]
+__all__ = ["DDPMWuerstchenScheduler", "DDPMWuerstchenSchedulerState", "torch_linspace"]
+
+
+def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """torch's float32 ``linspace`` bit for bit (diffusers' timesteps): step = (end - start) / (steps - 1) in float32;
+    the first half counted from ``start``, the second back from ``end``, each point one fused multiply-add (as
+    torch's CPU kernel rounds it; the float64 product of a float32 and a small integer is exact). np.linspace
+    differs by an ulp at some points, and the model's ratio embedding multiplies t by 10000."""
+    f32 = np.float32
+    step = np.float64((f32(end) - f32(start)) / f32(max(steps - 1, 1)))
+    i = np.arange(steps)
+    head = np.float64(f32(start)) + step * i
+    tail = np.float64(f32(end)) - step * (steps - 1 - i)
+    return np.where(i < steps // 2, head, tail).astype(f32)
 
 
 @flax.struct.dataclass
@@ -64,16 +77,17 @@ class DDPMWuerstchenScheduler(BaseScheduler):
             if num_inference_steps is None:
                 raise ValueError("`num_inference_steps` or `timesteps` must be given.")
             n = self._check_num_inference_steps(num_inference_steps)
-            points = np.linspace(1.0, 0.0, n + 1, dtype=np.float32)
+            points = torch_linspace(1.0, 0.0, n + 1)
         else:
             points = np.asarray([float(t) for t in timesteps], np.float32)
             if points.ndim != 1 or points.shape[0] < 2:
                 raise ValueError(f"`timesteps` must hold at least two times (the last is where sampling ends), got {list(points)}")
             if np.any(points < 0) or np.any(points > 1) or np.any(np.diff(points) >= 0):
                 raise ValueError(f"`timesteps` must decrease strictly within [0, 1], got {[float(t) for t in points]}")
+        # numpy leaves: placing them on the mesh is a transfer, where jnp.asarray would compile a copy per shape
+        # (a call's bad input is then refused with nothing compiled)
         return DDPMWuerstchenSchedulerState(
-            timesteps=jnp.asarray(points[:-1]), step_index=jnp.zeros((), jnp.int32),
-            prev_timesteps=jnp.asarray(points[1:]),
+            timesteps=points[:-1].copy(), step_index=np.zeros((), np.int32), prev_timesteps=points[1:].copy(),
         )
 
     def step(

@@ -123,7 +123,7 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         """
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type="np", num_inference_steps=num_inference_steps)
-        _check_output_type(output_type)
+        checks.check_embeddings_output_type(output_type)
         prompts, negatives = _as_list(prompt, "prompt"), _as_list(negative_prompt, "negative_prompt")
         if negatives is not None:  # diffusers samples the negative prompts too, guided by themselves
             prompts, negatives = prompts + negatives, 2 * negatives
@@ -273,11 +273,6 @@ class KandinskyPriorPipeline(DiffusionPipeline):
             return np.transpose(pixels, (0, 2, 3, 1))  # NCHW -> NHWC
         pixels = np.asarray(image, np.float32)
         return pixels[None] if pixels.ndim == 3 else pixels
-
-
-def _check_output_type(output_type: str) -> None:
-    if output_type not in ("pt", "np"):
-        raise ValueError(f"Only the output types `pt` and `np` are supported not output_type={output_type}")
 
 
 def _as_output(output_type: str, *arrays: jax.Array) -> tuple:

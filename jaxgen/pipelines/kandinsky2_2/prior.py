@@ -24,7 +24,7 @@ import numpy as np
 from jaxgen import hub
 from jaxgen.pipelines import checks
 from jaxgen.pipelines.kandinsky.prior import (
-    KandinskyPriorPipeline, KandinskyPriorPipelineOutput, _as_list, _check_output_type, _zero_image_embeds,
+    KandinskyPriorPipeline, KandinskyPriorPipelineOutput, _as_list, _zero_image_embeds,
 )
 from jaxgen.pipelines.pipeline_utils import DeferredModel, as_key
 from jaxgen.text.clip import CLIPVisionModelWithProjection
@@ -92,7 +92,7 @@ class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
         whose embeddings the prior samples too, as diffusers). Returns ``KandinskyPriorPipelineOutput``."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type="np", num_inference_steps=num_inference_steps)
-        _check_output_type(output_type)
+        checks.check_embeddings_output_type(output_type)
         checks.check_strength(strength)
         prompts, negatives = _as_list(prompt, "prompt"), _as_list(negative_prompt, "negative_prompt")
         if negatives is not None:  # diffusers samples the negative prompts too, guided by themselves
