@@ -40,6 +40,17 @@ def count_compiles():
     yield lambda: _BACKEND_COMPILES[0] - start
 
 
+@pytest.fixture
+def one_device(monkeypatch):
+    """Default meshes on one device for this test (``jax.local_devices`` cut to the first): for command lines and
+    examples, which build their pipelines themselves; on the session's 8 CPU devices one image would be padded to
+    8 rows, 8 times the work on 2 cores. The images are the same on 1 or 8 devices (test_sharding.py)."""
+    import jax
+
+    local = jax.local_devices
+    monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: local(*args, **kwargs)[:1])
+
+
 def rel_l2(a, b) -> float:
     """Relative L2 error ||a - b|| / ||b|| in float64."""
     a = np.asarray(a, dtype=np.float64)

@@ -522,7 +522,7 @@ def stage3(tmp_path_factory):
     return folder
 
 
-def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, stage3, tmp_path):
+def test_cli_runs_the_cascade_and_writes_each_stage(stage1, stage2, stage3, tmp_path, one_device):
     """`jaxgen generate --model <IF stage I>` runs stages I, II and III (here: tiny ones) in one command."""
     from jaxgen.cli import main
 

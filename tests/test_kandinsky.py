@@ -348,7 +348,7 @@ def test_auto_pipelines_map_kandinsky_as_diffusers(kandinsky):
     assert isinstance(pipe.decoder_pipe, jaxgen.KandinskyInpaintPipeline)
 
 
-def test_cli_runs_prior_and_decoder(kandinsky, tmp_path, capsys):
+def test_cli_runs_prior_and_decoder(kandinsky, tmp_path, capsys, one_device):
     from jaxgen.cli import main
 
     folders, _, _ = kandinsky

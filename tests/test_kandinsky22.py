@@ -285,7 +285,7 @@ def test_auto_pipelines_map_kandinsky22_as_diffusers(k22):
         jaxgen.AutoPipelineForText2Image.pipeline_class_for(folders["controlnet"])
 
 
-def test_cli_runs_the_controlnet_with_a_hint_and_img2img(k22, tmp_path):
+def test_cli_runs_the_controlnet_with_a_hint_and_img2img(k22, tmp_path, one_device):
     from jaxgen.cli import main
 
     folders, _, _ = k22

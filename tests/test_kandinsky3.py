@@ -180,7 +180,7 @@ def test_bad_text_to_image_input_is_refused_before_compiling(k3):
     assert compiled() == 0
 
 
-def test_auto_pipelines_and_cli_with_the_default_ddpm(k3, tmp_path):
+def test_auto_pipelines_and_cli_with_the_default_ddpm(k3, tmp_path, one_device):
     """diffusers' Auto mappings (no inpainting for Kandinsky 3); ``jaxgen generate`` with the checkpoint's DDPM
     (variance noise every step): two seeds, two images. (The CLI's --image path is the generic one through
     ``AutoPipelineForImage2Image``, run for Kandinsky 2.2 in test_kandinsky22.py.)"""

@@ -208,7 +208,7 @@ def test_decoder_refuses_bad_embeddings_before_compiling(wuerstchen, embeddings,
     assert compiled() == 0
 
 
-def test_auto_pipeline_and_cli(wuerstchen, tmp_path):
+def test_auto_pipeline_and_cli(wuerstchen, tmp_path, one_device):
     """The decoder checkpoint -> the combined pipeline with the prior its README.md names; the CLI runs it."""
     from jaxgen.cli import main
 
