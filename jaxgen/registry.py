@@ -169,7 +169,8 @@ FAMILIES: tuple[Family, ...] = (
         cli_generate="jaxgen.pipelines.wuerstchen:cli_generate",
     ),
     Family(
-        "unidiffuser",  # the models so far; the pipeline to come
+        "unidiffuser",  # not in diffusers' Auto-pipeline tables: no tasks
+        pipelines={"UniDiffuserPipeline": "jaxgen.pipelines.unidiffuser"},
         models={"UniDiffuserModel": "jaxgen.models.unidiffuser_model",
                 "UniDiffuserTextDecoder": "jaxgen.models.unidiffuser_text_decoder"},
     ),

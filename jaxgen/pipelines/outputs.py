@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["BaseOutput", "ImagePipelineOutput", "IFPipelineOutput", "StableDiffusionPipelineOutput"]
+__all__ = [
+    "BaseOutput", "ImagePipelineOutput", "IFPipelineOutput", "ImageTextPipelineOutput", "StableDiffusionPipelineOutput",
+]
 
 
 @dataclasses.dataclass
@@ -63,3 +65,17 @@ class StableDiffusionPipelineOutput(BaseOutput):
     @classmethod
     def from_checked(cls, images: Any, nsfw: list[bool] | None, watermark: list[bool] | None) -> "StableDiffusionPipelineOutput":
         return cls(images, nsfw)
+
+
+@dataclasses.dataclass
+class ImageTextPipelineOutput(BaseOutput):
+    """diffusers' ``ImageTextPipelineOutput`` (UniDiffuser): ``images`` (PIL list, float32 NHWC numpy in [0, 1],
+    or NHWC latents; None when no image was generated) and ``text`` (one string per sample; None when no text
+    was generated)."""
+
+    images: Any
+    text: list[str] | None = None
+
+    @classmethod
+    def from_checked(cls, images: Any, nsfw: list[bool] | None, watermark: list[bool] | None) -> "ImageTextPipelineOutput":
+        return cls(images, None)
