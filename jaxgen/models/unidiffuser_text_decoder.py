@@ -35,20 +35,15 @@ from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import dot_product_attention
 from jaxgen.nn.linear import Dense
 from jaxgen.nn.transformer import layer_norm
-from jaxgen.text.clip import causal_padding_mask
+from jaxgen.text.clip import _ACTIVATIONS as CLIP_ACTIVATIONS, causal_padding_mask
 
 __all__ = ["UniDiffuserTextDecoderConfig", "UniDiffuserTextDecoder", "CausalLMOutput", "decode_captions"]
 
 # transformers' ACT2FN names -> JAX ("gelu" is the exact erf GELU; "gelu_new" the tanh approximation)
+# transformers' ACT2FN names: CLIP's table, plus the ones GPT-2 configs may also name
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    **CLIP_ACTIVATIONS,
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
     "tanh": jnp.tanh,
     "sigmoid": jax.nn.sigmoid,
 }
