@@ -1,9 +1,11 @@
-"""The ``jaxgen`` command: ``jaxgen generate "prompt" --model REPO_OR_FOLDER ...`` and
-``jaxgen batch --model REPO_OR_FOLDER --prompts prompts.txt|.jsonl --out DIR ...``."""
+"""The ``jaxgen`` command: ``jaxgen generate "prompt" --model REPO_OR_FOLDER ...``,
+``jaxgen batch --model REPO_OR_FOLDER --prompts prompts.txt|.jsonl --out DIR ...`` and
+``jaxgen caption image.png --model REPO_OR_FOLDER`` (image to text: UniDiffuser)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -58,26 +60,89 @@ def _call_options(args: argparse.Namespace, takes: Any) -> dict:
     return call
 
 
+def _save_captions(texts: list[str], paths: list[Path]) -> None:
+    """Each image's caption next to it (``image.png`` -> ``image.txt``), printed too."""
+    for text, path in zip(texts, paths):
+        path.with_suffix(".txt").write_text(text + "\n", encoding="utf-8")
+        print(f"{path.with_suffix('.txt')}: {text}")
+
+
+def _generate_class(args: argparse.Namespace, class_name: str) -> type:
+    """The pipeline a single `generate` call runs: the Auto pipeline's for the task, or, for a family outside
+    diffusers' Auto tables (UniDiffuser), the checkpoint's own pipeline."""
+    from jaxgen import registry
+
+    task = "image-to-image" if args.image is not None else "text-to-image"
+    family = registry.family_of(class_name)
+    target = registry.task_pipeline(task, class_name)
+    if target is None and task == "text-to-image" and family is not None and not family.tasks:
+        target = class_name
+    if target is None:
+        raise ValueError(f"--model {args.model}: jaxgen has no {task} pipeline for {class_name!r}")
+    return registry.pipeline_class(target)
+
+
+def _writes_text(cls: type) -> bool:
+    """Whether a pipeline's output has captions (UniDiffuser's ``ImageTextPipelineOutput``)."""
+    return "text" in {f.name for f in dataclasses.fields(cls._output_class)}
+
+
 def _generate(args: argparse.Namespace) -> int:
     import inspect
 
     import jax.numpy as jnp
 
     from jaxgen import registry
-    from jaxgen.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForText2Image, checkpoint_class_name
+    from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
 
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
-    family = registry.family_of(checkpoint_class_name(args.model))
+    class_name = checkpoint_class_name(args.model)
+    family = registry.family_of(class_name)
     if family is not None and family.cli_generate is not None:  # more than one pipeline call (IF, Kandinsky, Würstchen)
+        if args.prompt is None:
+            raise ValueError(f"--model {args.model}: the prompt is required ({family.name} generates from text)")
         module, name = family.cli_generate.split(":")
         save_stage = lambda images, stage: _save_pngs(images, _stage_paths(args.out, len(images), stage))
         images = registry.load(module, name)(args, _call_options(args, None), dtype, save_stage)
-    else:
-        auto = AutoPipelineForImage2Image if args.image is not None else AutoPipelineForText2Image
-        cls = auto.pipeline_class_for(args.model)
-        call = _call_options(args, inspect.signature(cls.__call__).parameters)
-        images = cls.from_pretrained(args.model, dtype=dtype)(args.prompt, **call).images
-    _save_pngs(images, _output_paths(args.out, len(images)))
+        _save_pngs(images, _output_paths(args.out, len(images)))
+        return 0
+    cls = _generate_class(args, class_name)
+    if args.prompt is None and not _writes_text(cls):
+        raise ValueError(f"--model {args.model}: the prompt is required; only UniDiffuser generates without one")
+    call = _call_options(args, inspect.signature(cls.__call__).parameters)
+    if args.prompt is None:  # joint mode: as many captions as images (diffusers takes the smaller count)
+        call["num_prompts_per_image"] = args.num_images
+    out = cls.from_pretrained(args.model, dtype=dtype)(args.prompt, **call)
+    paths = _output_paths(args.out, len(out.images))
+    _save_pngs(out.images, paths)
+    if getattr(out, "text", None) is not None:  # UniDiffuser's joint mode: each image with its caption
+        _save_captions(out.text, paths)
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    import jax.numpy as jnp
+
+    from jaxgen import registry
+    from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
+
+    for path in args.images:  # a missing file fails before any model loads
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image file {path!r} does not exist")
+    if args.num_captions < 1:
+        raise ValueError(f"--num-captions must be at least 1, got {args.num_captions}")
+    class_name = checkpoint_class_name(args.model)
+    family = registry.family_of(class_name)
+    if family is None or family.cli_caption is None:
+        raise ValueError(f"--model {args.model}: {class_name} does not write captions; `jaxgen caption` needs an"
+                         " image-to-text model (UniDiffuser: thu-ml/unidiffuser-v1)")
+    module, name = family.cli_caption.split(":")
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+    captions = registry.load(module, name)(args, dtype)
+    n = len(args.images)
+    for i, path in enumerate(args.images):  # the pipeline's order: every image once per caption round
+        for caption in captions[i::n]:
+            print(caption if n == 1 else f"{path}: {caption}")
     return 0
 
 
@@ -131,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgen", description="diffusers' text-to-image pipelines in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate images from a prompt")
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", nargs="?", default=None,
+                     help="the prompt (UniDiffuser without one: joint mode, each image and its caption in a .txt)")
     _sampling_args(gen)
     gen.add_argument("--out", default="image.png", help="file (several images get -0, -1, ...) or folder")
     cascade = gen.add_argument_group("DeepFloyd IF cascade (when --model is an IF stage I)")
@@ -150,6 +216,18 @@ def _parser() -> argparse.ArgumentParser:
     inputs.add_argument("--image", default=None, help="image file: image to image from it")
     inputs.add_argument("--strength", type=float, default=None, help="image to image: how much to change (0-1)")
     inputs.add_argument("--hint", default=None, help="Kandinsky 2.2 ControlNet: the hint image (a depth map)")
+
+    caption = sub.add_parser(
+        "caption", help="caption images (image to text: UniDiffuser)",
+        description="Print a caption for each image (resized to the model's 512 x 512); with several images each "
+        "line starts with the file's name.")
+    caption.add_argument("images", nargs="+", help="image files")
+    caption.add_argument("--model", required=True, help="Hub repo id or diffusers folder (thu-ml/unidiffuser-v1)")
+    caption.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's, 50)")
+    caption.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's, 8)")
+    caption.add_argument("--seed", type=int, default=0)
+    caption.add_argument("--num-captions", type=int, default=1, help="captions per image")
+    caption.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
 
     batch = sub.add_parser(
         "batch", help="generate a set of prompts into a folder, resumable",
@@ -180,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "batch":
             return _batch(args)
+        if args.command == "caption":
+            return _caption(args)
         return _generate(args)
     except (HubError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"jaxgen: error: {e}", file=sys.stderr)

@@ -41,7 +41,8 @@ class Family:
     model_index.json may hold -> this family's pipeline for that task}, as diffusers'
     ``AUTO_*_PIPELINES_MAPPING``. ``cli_generate``: ``"module:function"`` that ``jaxgen generate``
     calls for this family's checkpoints instead of one text-to-image pipeline call (the IF cascade),
-    as ``fn(args, call, dtype, save) -> images``, or None.
+    as ``fn(args, call, dtype, save) -> images``, or None. ``cli_caption``: ``"module:function"`` that
+    ``jaxgen caption`` calls for this family's checkpoints, ``fn(args, dtype) -> captions``; None: no captions.
     """
 
     name: str
@@ -50,6 +51,7 @@ class Family:
     schedulers: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tasks: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     cli_generate: str | None = None
+    cli_caption: str | None = None
 
     def __post_init__(self) -> None:
         for field in ("pipelines", "models", "schedulers"):
@@ -173,6 +175,7 @@ FAMILIES: tuple[Family, ...] = (
         pipelines={"UniDiffuserPipeline": "jaxgen.pipelines.unidiffuser"},
         models={"UniDiffuserModel": "jaxgen.models.unidiffuser_model",
                 "UniDiffuserTextDecoder": "jaxgen.models.unidiffuser_text_decoder"},
+        cli_caption="jaxgen.pipelines.unidiffuser:cli_caption",
     ),
     Family(
         "stable_diffusion_upscale",  # DeepFloyd IF's stage III

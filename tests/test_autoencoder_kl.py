@@ -158,7 +158,8 @@ def test_diagonal_gaussian_clamps_logvar_and_deterministic():
 # Real-size key coverage and configs
 
 
-@pytest.mark.parametrize("repo", ["PixArt-alpha__PixArt-XL-2-1024-MS", "stabilityai__stable-diffusion-x4-upscaler"])
+@pytest.mark.parametrize("repo", ["PixArt-alpha__PixArt-XL-2-1024-MS", "stabilityai__stable-diffusion-x4-upscaler",
+                                  "thu-ml__unidiffuser-v1"])
 def test_key_coverage_real_configs(real_configs, repo):
     cfg = json.loads((real_configs / repo / "vae" / "config.json").read_text())
     assert cfg["_class_name"] == "AutoencoderKL"

@@ -229,6 +229,8 @@ def _coverage(cls, torch_model, cfg_dict):
          dict(hidden_size=1280, num_hidden_layers=32, hidden_act="gelu", eos_token_id=2)),
         ("warp-ai__wuerstchen", "text_encoder", CLIPTextModel, transformers.CLIPTextModel,  # ViT-H
          dict(hidden_size=1024, num_hidden_layers=24, hidden_act="gelu")),
+        ("thu-ml__unidiffuser-v1", "text_encoder", CLIPTextModel, transformers.CLIPTextModel,  # ViT-L/14
+         dict(hidden_size=768, num_hidden_layers=12, hidden_act="quick_gelu", eos_token_id=2)),
         ("thu-ml__unidiffuser-v1", "image_encoder", CLIPVisionModelWithProjection,
          transformers.CLIPVisionModelWithProjection,
          dict(hidden_size=768, num_hidden_layers=12, patch_size=32, projection_dim=512)),

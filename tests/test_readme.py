@@ -37,6 +37,7 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     from tests.test_kandinsky import build_tiny_kandinsky
     from tests.test_kandinsky22 import build_tiny_kandinsky22
     from tests.test_kandinsky3 import build_tiny_kandinsky3
+    from tests.test_unidiffuser import build_tiny_unidiffuser
     from tests.test_wuerstchen import build_tiny_wuerstchen
 
     root = tmp_path_factory.mktemp("readme_models")
@@ -64,6 +65,8 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     build_tiny_kandinsky3(folders["kandinsky-community/kandinsky-3"], movq_levels=4, unet_levels=4)
     wuerstchen, _ = build_tiny_wuerstchen(root / "wuerstchen")  # the real sizes: 42.67 and 10.67 px per pixel
     folders["warp-ai/wuerstchen-prior"], folders["warp-ai/wuerstchen"] = wuerstchen["prior"], wuerstchen["decoder"]
+    folders["thu-ml/unidiffuser-v1"] = root / "unidiffuser"  # its own 16 px: the README names no size
+    build_tiny_unidiffuser(folders["thu-ml/unidiffuser-v1"])
     return folders
 
 

@@ -27,7 +27,7 @@ from tests.conftest import count_compiles, make_clip_tokenizer, nhwc_to_nchw, pe
 from tests.test_unidiffuser_text_decoder import _save as save_decoder
 
 TOL = 1e-4
-STEPS = 3
+STEPS = 20  # as the README example: the same compiled loops (the step count sets their shapes)
 SEQ, HIDDEN, CLIP_DIM, SIDE = 5, 16, 12, 8  # text tokens and CLIP width; CLIP image embedding; latent side
 PIPELINE_MODULE = "diffusers.pipelines.deprecated.unidiffuser.pipeline_unidiffuser"
 VAE_MODULE = "diffusers.models.autoencoders.vae"
@@ -296,3 +296,97 @@ def test_released_processor_name(unidiffuser, tmp_path):
     loaded = UniDiffuserPipeline.from_pretrained(tmp_path, mesh=ours.mesh, **given)
     assert type(loaded.clip_image_processor) is type(ours.clip_image_processor)
     assert loaded.clip_image_processor.crop_size == ours.clip_image_processor.crop_size
+
+
+def test_array_image_input_equals_pil(unidiffuser):
+    """img2text from an array in [0, 1] (N, H, W, 3): the CLIP embedding of the same picture as a PIL image (the
+    processor must not divide the array by 255 again), and the same caption (the command line's settings: its
+    compiled loop)."""
+    _, ours = unidiffuser
+    pil = _image(5)
+    array = np.asarray(pil, np.float32)[None] / 255.0
+    np.testing.assert_allclose(np.asarray(ours.encode_image_clip_latents(array, 1)),
+                               np.asarray(ours.encode_image_clip_latents(pil, 1)), rtol=0, atol=1e-6)
+    common = dict(num_inference_steps=STEPS, guidance_scale=3.0, rng=6)
+    assert ours(image=array, **common).text == ours(image=pil, **common).text
+
+
+def test_same_samples_on_one_and_eight_devices(unidiffuser):
+    """Joint sampling with guidance (noise drawn for the real rows only) on the default 8-device mesh, 2 samples
+    padded to 8 rows: the images and captions of the one-device pipeline."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (XLA_FLAGS in tests/conftest.py)")
+    _, ours = unidiffuser
+    eight = UniDiffuserPipeline.from_pretrained(ours.folder)
+    eight.set_progress_bar_config(disable=True)
+    assert eight.mesh.devices.size == 8
+    common = dict(num_inference_steps=STEPS, guidance_scale=2.0, output_type="np", num_images_per_prompt=2,
+                  num_prompts_per_image=2, rng=12)  # the one-device call: the joint parity test's program
+    for pipe in (ours, eight):
+        pipe.set_joint_mode()
+    try:
+        out, ref = eight(**common), ours(**common)
+    finally:
+        ours.reset_mode()
+    np.testing.assert_allclose(out.images, ref.images, rtol=0, atol=1e-5)
+    assert out.images.shape == (2, 16, 16, 3) and out.text == ref.text
+
+
+def test_warmup_then_call_compiles_nothing(unidiffuser):
+    """``warmup`` (text to image, its default prompt placeholders) compiles what the call with a prompt and the
+    same settings runs."""
+    _, ours = unidiffuser
+    ours.warmup(num_inference_steps=STEPS, guidance_scale=3.0)
+    with count_compiles() as compiled:
+        images = ours("a red hat", num_inference_steps=STEPS, guidance_scale=3.0, rng=2, output_type="np").images
+    assert images.shape == (1, 16, 16, 3) and compiled() == 0
+
+
+def test_command_line(unidiffuser, tmp_path, one_device, capsys):
+    """``jaxgen generate PROMPT`` (text to image), ``jaxgen generate`` without a prompt (joint: each image with
+    its caption in a .txt) and ``jaxgen caption IMAGE``: the pipeline's outputs for the same settings (those of
+    the tests above: their compiled loops)."""
+    from jaxgen.cli import main
+
+    _, ours = unidiffuser
+    model = ["--model", str(ours.folder), "--steps", str(STEPS), "--seed", "3"]
+    assert main(["generate", "a cat", *model, "--guidance", "3", "--out", str(tmp_path / "cat.png")]) == 0
+    expected = ours("a cat", num_inference_steps=STEPS, guidance_scale=3.0, rng=3).images[0]
+    np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "cat.png")), np.asarray(expected))
+
+    assert main(["generate", *model, "--guidance", "2", "--num-images", "2", "--out", str(tmp_path / "joint")]) == 0
+    ours.set_joint_mode()
+    try:
+        joint = ours(num_inference_steps=STEPS, guidance_scale=2.0, num_images_per_prompt=2, num_prompts_per_image=2,
+                     rng=3)
+    finally:
+        ours.reset_mode()
+    for i in range(2):
+        np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "joint" / f"image-{i}.png")),
+                                      np.asarray(joint.images[i]))
+        assert (tmp_path / "joint" / f"image-{i}.txt").read_text(encoding="utf-8") == joint.text[i] + "\n"
+
+    _image(7).save(tmp_path / "in.png")
+    capsys.readouterr()
+    assert main(["caption", str(tmp_path / "in.png"), *model, "--guidance", "3"]) == 0
+    caption = ours(image=_image(7), num_inference_steps=STEPS, guidance_scale=3.0, rng=3).text
+    assert capsys.readouterr().out.splitlines() == caption
+
+
+def test_command_line_refusals(unidiffuser, tmp_path, capsys):
+    """A missing image, no captions from another family, no prompt for a text-to-image family: exit 2, one line."""
+    from jaxgen.cli import main
+
+    _, ours = unidiffuser
+    assert main(["caption", str(tmp_path / "missing.png"), "--model", str(ours.folder)]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    _image(1).save(tmp_path / "in.png")
+    assert main(["caption", str(tmp_path / "in.png"), "--model", str(ours.folder), "--num-captions", "0"]) == 2
+    assert "--num-captions" in capsys.readouterr().err
+    pixart = tmp_path / "pixart"
+    pixart.mkdir()
+    (pixart / "model_index.json").write_text(json.dumps({"_class_name": "PixArtAlphaPipeline"}))
+    assert main(["caption", str(tmp_path / "in.png"), "--model", str(pixart)]) == 2
+    assert "does not write captions" in capsys.readouterr().err
+    assert main(["generate", "--model", str(pixart)]) == 2
+    assert "the prompt is required" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 
 from jaxgen import hub, sharding
 from jaxgen.image_processing import preprocess
@@ -39,7 +40,7 @@ from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipel
 from jaxgen.pipelines.sampling import Denoiser, NoGuidance, SeparateUnconditional
 from jaxgen.text.clip import CLIPTextModel, CLIPVisionModelWithProjection
 
-__all__ = ["UniDiffuserPipeline", "UniDiffuserDenoiser", "MODES"]
+__all__ = ["UniDiffuserPipeline", "UniDiffuserDenoiser", "MODES", "cli_caption"]
 
 logger = logging.getLogger(__name__)
 
@@ -359,7 +360,12 @@ class UniDiffuserPipeline(DiffusionPipeline):
         """``image`` through the CLIP image processor and the image encoder -> image embeddings (total, 1, dim)."""
         if self.clip_image_processor is None:
             raise ValueError("img2text needs the pipeline's `clip_image_processor` (transformers' CLIPImageProcessor)")
-        pixels = np.asarray(self.clip_image_processor(image, return_tensors="np").pixel_values, np.float32)
+        if all(isinstance(i, PIL.Image.Image) for i in (image if isinstance(image, (list, tuple)) else [image])):
+            pixels = self.clip_image_processor(image, return_tensors="np").pixel_values
+        else:  # arrays in [0, 1]: the processor's rescale would divide them by 255 a second time
+            arrays = preprocess(image, vae_scale_factor=1, do_normalize=False)
+            pixels = self.clip_image_processor(list(arrays), return_tensors="np", do_rescale=False).pixel_values
+        pixels = np.asarray(pixels, np.float32)
         module, params = unbind(self.image_encoder)
         with self._mesh_context():
             embeds = _image_embeds(module, params, jnp.asarray(np.transpose(pixels, (0, 2, 3, 1)), module.dtype))
@@ -532,6 +538,17 @@ class UniDiffuserPipeline(DiffusionPipeline):
 
     def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
         return {}
+
+
+def cli_caption(args: Any, dtype: Any) -> list[str]:
+    """``jaxgen caption IMAGE... --model REPO``: img2text on each image file, resized to the U-ViT's size (512 x 512)
+    as diffusers' examples do; ``--num-captions`` each, ``--steps``, ``--guidance``, ``--seed``. Returns the
+    captions in diffusers' order (all images once, then again for each further caption)."""
+    pipe = UniDiffuserPipeline.from_pretrained(args.model, dtype=dtype)
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    images = [PIL.Image.open(path).convert("RGB").resize((side, side)) for path in args.images]
+    call = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None}
+    return pipe(image=images, num_prompts_per_image=args.num_captions, rng=args.seed, **call).text
 
 
 def _check_latents_shape(name: str, latents: Any, expected: tuple[int, ...]) -> None:
