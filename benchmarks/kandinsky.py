@@ -153,6 +153,12 @@ GUIDANCE3 = 3.0  # Kandinsky3Pipeline's default: (g + 1) text - g uncond, i.e. u
 PROMPT = "a photo of a cat"
 TOKENIZER_NOTE = ("tokenizers: tiny stand-ins built here (the Hub is unreachable); their ids are below the real "
                   "vocab sizes and prompts are padded to 77 tokens, so the models do the real work")
+# dense datasheet peaks, FLOP/s, by a substring of JAX's device_kind (first match): bfloat16 on tensor cores / MXUs;
+# float32 on GPUs as TF32 tensor cores (what JAX's default matmul precision uses there; PyTorch's matmuls do not)
+PEAKS = (("H200", {"bfloat16": 989e12, "float32": 495e12}), ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
+         ("H100", {"bfloat16": 989e12, "float32": 495e12}), ("A100", {"bfloat16": 312e12, "float32": 156e12}),
+         ("TPU v4", {"bfloat16": 275e12}), ("TPU v5 lite", {"bfloat16": 197e12}), ("TPU v5", {"bfloat16": 459e12}),
+         ("TPU v6 lite", {"bfloat16": 918e12}))
 _START = time.perf_counter()
 _COMPILES: list[float] = []  # backend compile durations, from jax.monitoring
 
@@ -443,24 +449,29 @@ class JaxSide(Side):
         self.models: dict[str, tuple] = {}
         self.tokenizers: dict | None = None
 
-    def model(self, name: str) -> tuple:
-        """(module, params) of a component, random, in this side's dtype."""
-        import jax
-
+    def model_class(self, name: str) -> Any:
+        """jaxgen's class of the component ``name`` (a subclass for another family overrides this)."""
         from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
         from jaxgen.models.prior_transformer import PriorTransformer
         from jaxgen.models.unet_2d_condition import UNet2DConditionModel
         from jaxgen.models.vq_model import VQModel
         from jaxgen.text.clip import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
         from jaxgen.text.multilingual_clip import MultilingualCLIP
-        from random_weights import jax_random_params
 
         classes = {"prior": PriorTransformer, "unet": UNet2DConditionModel, "unet3": Kandinsky3UNet, "movq": VQModel,
                    "text_encoder": MultilingualCLIP, "prior_text_encoder": CLIPTextModelWithProjection,
                    "image_encoder": CLIPVisionModelWithProjection}
+        return classes[KINDS.get(name, name)]
+
+    def model(self, name: str) -> tuple:
+        """(module, params) of a component, random, in this side's dtype."""
+        import jax
+
+        from random_weights import jax_random_params
+
         if name not in self.models:
             start = time.perf_counter()
-            module = classes[KINDS.get(name, name)].from_config(self.setup.configs[name], dtype=self.dtype)
+            module = self.model_class(name).from_config(self.setup.configs[name], dtype=self.dtype)
             params = jax.block_until_ready(jax_random_params(module, self.dtype))
             size = sum(x.size for x in jax.tree_util.tree_leaves(params))
             log(f"jaxgen {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
@@ -509,7 +520,7 @@ class JaxSide(Side):
             compiled = lowered.compile()
             compile_s = time.perf_counter() - start
             dynamic = args[2:8]
-            compiled(*dynamic, jnp.int32(1)).block_until_ready()
+            jax.block_until_ready(compiled(*dynamic, jnp.int32(1)))  # latents: an array or a pytree of them
             start = time.perf_counter()
             jax.block_until_ready(compiled(*dynamic, jnp.int32(self.steps)))
             seconds = (time.perf_counter() - start) / self.steps
@@ -564,27 +575,13 @@ class JaxSide(Side):
 
     def movq(self, name: str = "movq") -> dict:
         """``decode_movq`` (what ``KandinskyDecoderBase.decode_latents`` runs) of the MoVQ ``name``, compiled ahead."""
-        import jax
-
         from jaxgen.pipelines.kandinsky.common import decode_movq
 
         pipe = self.decoder_pipe(("movq",), movq=name)
         module, params = self.model(name)
         latents = pipe.shard_rows(_random((1, *self.setup.latents_of(name)), 1), 1)
         with pipe._mesh_context():
-            start = time.perf_counter()
-            lowered = decode_movq.lower(module, params, latents)
-            compiled = lowered.compile()
-            compile_s = time.perf_counter() - start
-            compiled(params, latents).block_until_ready()
-            reps = _decode_reps(self.steps)
-            start = time.perf_counter()
-            for _ in range(reps):
-                out = compiled(params, latents)
-            jax.block_until_ready(out)
-            seconds = (time.perf_counter() - start) / reps
-        return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered),
-                "output_shape": list(out.shape)}
+            return time_compiled(decode_movq, (module,), (params, latents), _decode_reps(self.steps))
 
     def pipeline(self, prior_steps: int, decoder_steps: int) -> dict:
         """``KandinskyPriorPipeline`` then ``KandinskyPipeline``, one image; the second call timed."""
@@ -605,6 +602,28 @@ def k3_denoiser(unet: Any) -> Any:
     from jaxgen.pipelines.kandinsky3 import Kandinsky3Denoiser
 
     return Kandinsky3Denoiser(unet)
+
+
+def time_compiled(fn: Any, static: tuple, args: tuple, reps: int, check: Callable[[Any], dict] | None = None) -> dict:
+    """A jitted ``fn`` compiled ahead (``fn.lower(*static, *args).compile()``; ``static``: its static leading
+    arguments, e.g. the module), one warm-up call, then ``reps`` calls timed: seconds per call, the compile
+    time, XLA's FLOP counts of the compiled and lowered programs, the output's shape (each output's, for a tuple),
+    and what ``check(output)`` returns, if given (after the clock stops)."""
+    import jax
+
+    start = time.perf_counter()
+    lowered = fn.lower(*static, *args)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(*args))
+    start = time.perf_counter()
+    for _ in range(reps):
+        out = compiled(*args)
+    jax.block_until_ready(out)
+    seconds = (time.perf_counter() - start) / reps
+    shape = list(out.shape) if hasattr(out, "shape") else [list(x.shape) for x in out]
+    return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered),
+            "output_shape": shape, **(check(out) if check else {})}
 
 
 def _decode_reps(steps: int) -> int:
@@ -659,12 +678,12 @@ class TorchSide(Side):
         if self.device == "cuda":
             torch.cuda.synchronize()
 
-    def model(self, name: str) -> Any:
+    def builder(self, name: str) -> Callable[[], Any]:
+        """A constructor of diffusers' (or transformers') model ``name`` (a subclass for another family overrides
+        this)."""
         import diffusers
         import transformers
         from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
-
-        from random_weights import torch_random_module
 
         cfg = self.setup.configs[name]
         mclip = lambda: MultilingualCLIP(MCLIPConfig(
@@ -679,9 +698,14 @@ class TorchSide(Side):
             "prior_text_encoder": lambda: transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig.from_dict(cfg)),
             "image_encoder": lambda: transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig.from_dict(cfg)),
         }
+        return builders[KINDS.get(name, name)]
+
+    def model(self, name: str) -> Any:
+        from random_weights import torch_random_module
+
         if name not in self.models:
             start = time.perf_counter()
-            self.models[name] = torch_random_module(builders[KINDS.get(name, name)], self.dtype, self.device)
+            self.models[name] = torch_random_module(self.builder(name), self.dtype, self.device)
             size = sum(p.numel() for p in self.models[name].parameters())
             log(f"diffusers {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
         return self.models[name]
@@ -954,6 +978,168 @@ def _flops_check(rows: list[dict]) -> None:
             log(f"note: {row['part']} {row['dtype']}: compiled program {a / 1e9:.1f} GFLOP, lowered {b / 1e9:.1f} GFLOP")
 
 
+def start_run(args: argparse.Namespace) -> None:
+    """What every benchmark sets before it measures: JAX's GPU memory not preallocated (the GPU is shared with
+    PyTorch) and no persistent compilation cache (compile times from scratch, every run), unless set already; the
+    backends started with those; XLA's compile durations recorded (``_COMPILES``); ``--torch-threads``."""
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with PyTorch
+    os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")  # compile times from scratch, every run
+    import jax
+
+    jax.devices()  # backends start with the flags above, before tests.conftest is imported
+    jax.monitoring.register_event_duration_secs_listener(_record_compile)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+
+
+def device_peak(dtype: str) -> float | None:
+    """The datasheet peak (``PEAKS``) of JAX's first device in ``dtype``, FLOP/s; None where unknown."""
+    import jax
+
+    kind = jax.devices()[0].device_kind
+    return next((peaks.get(dtype) for name, peaks in PEAKS if name in kind), None)
+
+
+def environment_meta(dtypes: list[str] | None = None) -> dict:
+    """The JSON's record of where a run ran: both libraries' devices, the host, the devices' datasheet peaks in
+    ``dtypes`` (only where given), the versions, XLA's flags, PyTorch's TF32 settings, JAX's default matmul
+    precision and the 1-minute load average at the start."""
+    import diffusers
+    import jax
+    import torch
+
+    torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    return {
+        "jax_device": f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})",
+        "torch_device": torch_device, "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        **({} if dtypes is None else {"device_peaks": {d: device_peak(d) for d in dtypes}}),
+        "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
+        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "load_average_start": os.getloadavg()[0],
+    }
+
+
+def measure(recorder: Recorder, setup: Any, args: argparse.Namespace, sides: tuple[type, type],
+            run: Callable[[Any], None], torch_dtypes: list[str],
+            flop_counter: Callable[[Any, str, str], float | None] | None = None) -> list[dict]:
+    """Every dtype of ``args.dtypes`` in turn: PyTorch's FLOP counts of each part of ``args.only`` (where
+    ``flop_counter(setup, part, dtype)`` is given; in the JSON as ``torch_flop_counter``, by dtype and part), the
+    matmul rates, then ``run(side)`` for jaxgen's side and diffusers' (``sides``, each built as ``side_class(setup,
+    dtype, args.steps)``; diffusers' only for ``torch_dtypes``), the rates again (the best of both). Returns the rows,
+    FLOPs checked, the load average at the end recorded."""
+    counts: dict[str, dict] = {}
+    if flop_counter is not None:
+        recorder.meta["torch_flop_counter"] = counts  # FlopCounterMode on meta tensors, by dtype and part
+    for dtype in args.dtypes:
+        if flop_counter is not None:
+            counts[dtype] = {part: flop_counter(setup, part, dtype) for part in args.only}
+        recorder.rates[dtype] = matmul_rates(dtype)
+        for side_class in sides[:1] + (sides[1:] if dtype in torch_dtypes else ()):
+            run(side_class(setup, dtype, args.steps))
+        recorder.rates[dtype] = matmul_rates(dtype, recorder.rates[dtype])  # again: the best of both
+        recorder.flush()
+    rows = recorder.rows()
+    _flops_check(rows)
+    recorder.meta["load_average_end"] = os.getloadavg()[0]
+    return rows
+
+
+def report(recorder: Recorder, rows: list[dict], head: str, torch_dtypes: list[str] | None = None, notes: str = "",
+           flops_table: Callable[[], None] | None = None) -> None:
+    """The summary line (``head``, then the environment: the devices, the dtypes diffusers ran where given, the
+    host, the versions, ``notes``, the load averages, the whole run's time), the table, ``flops_table()`` where
+    given, and the JSON once more."""
+    meta, versions = recorder.meta, recorder.meta["versions"]
+    ran = "" if torch_dtypes is None else f" (diffusers dtypes: {', '.join(torch_dtypes) or 'none'})"
+    print(f"\n{head}; jax {meta['jax_device']}, torch {meta['torch_device']}{ran}; host {meta['host']}; jax "
+          f"{versions['jax']}, torch {versions['torch']}, diffusers {versions['diffusers']}; {notes}1-min load average "
+          f"{meta['load_average_start']:.1f} at the start, {meta['load_average_end']:.1f} at the end; whole run "
+          f"{time.perf_counter() - _START:.0f} s\n")
+    print_table(rows)
+    if flops_table is not None:
+        print()
+        flops_table()
+    recorder.flush()
+
+
+def flop_counts(args: argparse.Namespace, setup: Any, xla_counter: Callable[[Any, str, str], dict],
+                torch_counter: Callable[[Any, str, str], float | None]) -> list[dict]:
+    """``--flops-only``'s counts of every part of ``args.only`` in every dtype, nothing run: XLA's
+    (``xla_counter(setup, part, dtype)``: flops, flops_lowered, compile_s, on abstract shapes), PyTorch's
+    (``torch_counter``, on meta tensors), and the floor at the device's datasheet peak where known."""
+    out = []
+    for dtype in args.dtypes:
+        for part in args.only:
+            xla = xla_counter(setup, part, dtype)
+            counted, peak = torch_counter(setup, part, dtype), device_peak(dtype)
+            out.append({"part": part, "dtype": dtype, "rows": setup.describe(part), **xla, "torch_flops": counted,
+                        "device_peak": peak, "floor_at_peak_s": xla["flops"] / peak if xla["flops"] and peak else None})
+            log(f"{part} {dtype}: XLA {_fmt(xla['flops'] and xla['flops'] / 1e9, '.1f')} GFLOP (compile "
+                f"{xla['compile_s']:.1f} s), FlopCounterMode {_fmt(counted and counted / 1e9, '.1f')} GFLOP")
+    return out
+
+
+def print_flop_counts(counts: list[dict], rows: str = "rows", compiled: str = "GFLOP (XLA compiled)") -> None:
+    """The table of ``flop_counts``; ``rows`` and ``compiled``: the headers of the work and XLA's count."""
+    print(f"| part | dtype | {rows} | {compiled} | GFLOP (XLA lowered) | GFLOP (FlopCounterMode, diffusers) "
+          "| device peak TFLOP/s | floor at peak |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in counts:
+        g = lambda v: _fmt(v and v / 1e9, ".1f")
+        print(f"| {r['part']} | {r['dtype']} | {r['rows']} | {g(r['flops'])} | {g(r['flops_lowered'])} | {g(r['torch_flops'])} "
+              f"| {_fmt(r['device_peak'] and r['device_peak'] / 1e12, '.0f')} | {_fmt(r['floor_at_peak_s'], '.4g')} |")
+
+
+def list_arguments(doc: str, parts: tuple[str, ...], default: tuple[str, ...] | None = None, default_note: str = "all",
+                   torch_dtypes: bool = True) -> argparse.ArgumentParser:
+    """A parser (described by ``doc``'s first paragraph) with the options every benchmark takes first: --only
+    (``parts``; ``default``, all of them unless given, ``default_note`` in its help), --dtypes and, where
+    ``torch_dtypes``, --torch-dtypes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--only", default=",".join(default or parts), help=f"comma-separated parts, of "
+                        f"{','.join(parts)} (default: {default_note})")
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
+    if torch_dtypes:
+        parser.add_argument("--torch-dtypes", default=None, help="the dtypes diffusers runs too (default: all of "
+                            "--dtypes; the others run jaxgen only)")
+    return parser
+
+
+def run_arguments(parser: argparse.ArgumentParser, threads_note: str = "", flops_only: str | None = None) -> None:
+    """The options every benchmark takes last: --tiny, --flops-only where ``flops_only`` is given (what follows
+    "count the FLOPs" in its help), --skip-torch, --torch-threads (``threads_note`` ends its help), --time-budget,
+    --json."""
+    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
+    if flops_only is not None:
+        parser.add_argument("--flops-only", action="store_true", help=f"count the FLOPs{flops_only} (XLA on abstract "
+                            "shapes, PyTorch on meta tensors) and the floor at the device's peak; run nothing")
+    parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
+                        f"torch's own; 1 helps on a machine other processes load{threads_note})")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds since start after which the "
+                        "remaining measurements are skipped (and recorded as skipped)")
+    parser.add_argument("--json", type=Path, default=None)
+
+
+def parse_lists(parser: argparse.ArgumentParser, parts: tuple[str, ...]) -> argparse.Namespace:
+    """The parsed arguments, --only and --dtypes as lists (and --torch-dtypes where the script has it: all of
+    --dtypes by default, none with --skip-torch), checked against ``parts`` and the two dtypes."""
+    args = parser.parse_args()
+    args.only = [p for p in args.only.split(",") if p]
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    torch_dtypes = []
+    if hasattr(args, "torch_dtypes"):
+        args.torch_dtypes = args.dtypes if args.torch_dtypes is None else [d for d in args.torch_dtypes.split(",") if d]
+        torch_dtypes = args.torch_dtypes = [] if args.skip_torch else args.torch_dtypes
+    if unknown := set(args.only) - set(parts) or set(args.dtypes + torch_dtypes) - {"float32", "bfloat16"}:
+        parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
+    return args
+
+
 def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
@@ -985,10 +1171,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(DEFAULT_PARTS), help=f"comma-separated parts, of {','.join(PARTS)} "
-                        f"(default: Kandinsky 2.1's, {','.join(DEFAULT_PARTS)})")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
+    parser = list_arguments(__doc__, PARTS, DEFAULT_PARTS, f"Kandinsky 2.1's, {','.join(DEFAULT_PARTS)}", torch_dtypes=False)
     parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default "
                         "10, 3 with --tiny); the schedules have this many steps; decodes timed: as many (at most 3 on "
                         "a CPU)")
@@ -999,18 +1182,8 @@ def _parse() -> argparse.Namespace:
                         "every part is Kandinsky 3's; 64 with --tiny)")
     parser.add_argument("--unet3-width-divisor", type=int, default=1, help="Kandinsky 3's UNet this many times "
                         "narrower (2 or 4: a CPU stand-in for the 3.0B model; see reduced_unet3; default 1, real size)")
-    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
-    parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
-                        "torch's own; 1 helps on a machine other processes load: OpenMP's spinning threads starve)")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds since start after which the "
-                        "remaining measurements are skipped (and recorded as skipped)")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    args.only = [p for p in args.only.split(",") if p]
-    args.dtypes = [d for d in args.dtypes.split(",") if d]
-    if unknown := set(args.only) - set(PARTS) or set(args.dtypes) - {"float32", "bfloat16"}:
-        parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
+    run_arguments(parser, ": OpenMP's spinning threads starve")
+    args = parse_lists(parser, PARTS)
     args.resolution = args.resolution or (64 if args.tiny else 1024 if set(args.only) <= set(PARTS3) else 512)
     args.steps = args.steps or (3 if args.tiny else 10)
     steps = args.pipeline_steps.split(",") if args.pipeline_steps else [args.steps, args.steps]
@@ -1028,71 +1201,38 @@ def _meta3(args: argparse.Namespace, setup: Setup) -> dict:
 
 
 def _meta(args: argparse.Namespace, setup: Setup, tokenizer_source: str) -> dict:
-    import diffusers
-    import jax
-    import torch
-
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
-    host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     return {
         "setup": setup.label, "resolution": setup.resolution, "latent_shape": list(setup.latent_shape),
         "configs": setup.configs, "parts": args.only, "dtypes": args.dtypes, "steps_timed": args.steps,
         "pipeline_steps": {"prior": args.pipeline_steps[0], "decoder": args.pipeline_steps[1]},
         "guidance_scale": GUIDANCE, "cfg_rows": 2, **_meta3(args, setup),
-        "jax_device": device, "torch_device": torch_device, "host": host,
-        "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "tokenizers": f"{TOKENIZER_NOTE} ({tokenizer_source})",
-        "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
-        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "load_average_start": os.getloadavg()[0],
+        "tokenizers": f"{TOKENIZER_NOTE} ({tokenizer_source})", **environment_meta(),
     }
 
 
 def main() -> None:
     args = _parse()
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with PyTorch
-    os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")  # compile times from scratch, every run
     import tempfile
 
-    import jax
-
-    jax.devices()  # backends start with the flags above, before tests.conftest is imported
-    jax.monitoring.register_event_duration_secs_listener(_record_compile)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    start_run(args)
     setup = reduced_unet3((tiny_setup if args.tiny else real_setup)(args.resolution, args.only), args.unet3_width_divisor)
     with tempfile.TemporaryDirectory() as folder:
         toks = tokenizers(Path(folder))
         recorder = Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget)
         log(f"{setup.label}, {args.resolution}px, latents {setup.latent_shape}; parts {args.only}; dtypes {args.dtypes}")
-        for dtype in args.dtypes:
-            recorder.rates[dtype] = matmul_rates(dtype)
-            sides = [JaxSide] + ([] if args.skip_torch else [TorchSide])
-            for side_class in sides:
-                side = side_class(setup, dtype, args.steps)
-                side.tokenizers = toks
-                run_side(side, args.only, args.pipeline_steps, recorder)
-            recorder.rates[dtype] = matmul_rates(dtype, recorder.rates[dtype])  # again: the best of both
-            recorder.flush()
-    rows = recorder.rows()
-    _flops_check(rows)
-    meta = recorder.meta
-    meta["load_average_end"] = os.getloadavg()[0]
+
+        def run(side: Side) -> None:
+            side.tokenizers = toks
+            run_side(side, args.only, args.pipeline_steps, recorder)
+
+        rows = measure(recorder, setup, args, (JaxSide, TorchSide), run, [] if args.skip_torch else args.dtypes)
     pipeline = (f"; pipeline {args.pipeline_steps[0]} prior + {args.pipeline_steps[1]} decoder steps"
                 if "pipeline" in args.only else "")
     k3 = (f" (Kandinsky 3: {GUIDANCE3}, as (g + 1) text - g uncond; {TEXT3_LEN} text tokens, {PROMPT3_TOKENS} "
           f"unpadded, the uncond row zeros)" if set(args.only) & set(PARTS3) else "")
-    print(f"\n{meta['setup']}; {args.resolution}x{args.resolution}, latents {tuple(setup.latent_shape)}, guidance "
-          f"{GUIDANCE}{k3} (2 rows per image); {args.steps} steps timed{pipeline}; jax {meta['jax_device']}, torch "
-          f"{meta['torch_device']}; host "
-          f"{meta['host']}; jax {meta['versions']['jax']}, torch {meta['versions']['torch']}, diffusers "
-          f"{meta['versions']['diffusers']}; {meta['tokenizers']}; 1-min load average {meta['load_average_start']:.1f} at "
-          f"the start, {meta['load_average_end']:.1f} at the end; whole run {time.perf_counter() - _START:.0f} s\n")
-    print_table(rows)
-    recorder.flush()
+    report(recorder, rows, f"{setup.label}; {args.resolution}x{args.resolution}, latents {tuple(setup.latent_shape)}, "
+           f"guidance {GUIDANCE}{k3} (2 rows per image); {args.steps} steps timed{pipeline}",
+           notes=f"{recorder.meta['tokenizers']}; ")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ FLOPs per step come from jaxgen's compiled program (``cost_analysis``; XLA count
 body is one step); PyTorch's ``FlopCounterMode`` counts diffusers' models on meta tensors as a cross-check (matmuls
 and convolutions only; nothing allocated). The floor is those FLOPs at the best rate of a large matmul measured here
 (JAX's or PyTorch's, before and after each dtype's runs), as in ``kandinsky.py``; where the device's datasheet peak
-is known (``PEAKS``: H100/H200/A100, TPU v4/v5e/v5p/v6e) the FLOP table also gives the floor at that peak and each
+is known (``kandinsky.PEAKS``: H100/H200/A100, TPU v4/v5e/v5p/v6e) the FLOP table also gives the floor at that peak and each
 side's achieved FLOP/s as a fraction of it. ``--flops-only`` prints the counts for a resolution without running
 anything (abstract shapes: XLA compiles on ``jax.ShapeDtypeStruct``, PyTorch counts on meta tensors), e.g. the
 real 1024 px counts on a CPU. The JSON is rewritten after every measurement; ``--time-budget`` skips what is left
@@ -55,8 +55,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import platform
 import sys
 import time
 import traceback
@@ -68,7 +66,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import kandinsky  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
-from kandinsky import _decode_reps, _flops, _fmt, _random, log  # noqa: E402
+from kandinsky import _decode_reps, _flops, _fmt, _random, device_peak, log  # noqa: E402
 
 CONFIGS = kandinsky.CONFIGS
 PRIOR_DIR = CONFIGS / "warp-ai__wuerstchen-prior"
@@ -78,12 +76,6 @@ UNITS = {"prior": "s/step", "decoder": "s/step", "vqgan": "s/decode"}
 kandinsky.UNITS.update(UNITS)  # kandinsky.Recorder reads each row's unit from its table
 TEXT_LEN = 77  # both CLIP tokenizers pad to 77
 PRIOR_GUIDANCE, DECODER_GUIDANCE = 4.0, 0.0  # WuerstchenCombinedPipeline's defaults
-# dense datasheet peaks, FLOP/s, by a substring of JAX's device_kind (first match): bfloat16 on tensor cores / MXUs;
-# float32 on GPUs as TF32 tensor cores (what JAX's default matmul precision uses there; PyTorch's matmuls do not)
-PEAKS = (("H200", {"bfloat16": 989e12, "float32": 495e12}), ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
-         ("H100", {"bfloat16": 989e12, "float32": 495e12}), ("A100", {"bfloat16": 312e12, "float32": 156e12}),
-         ("TPU v4", {"bfloat16": 275e12}), ("TPU v5 lite", {"bfloat16": 197e12}), ("TPU v5", {"bfloat16": 459e12}),
-         ("TPU v6 lite", {"bfloat16": 918e12}))
 
 
 def _read(path: Path) -> dict:
@@ -194,20 +186,8 @@ def _jax_class(name: str) -> Any:
 class JaxSide(kandinsky.JaxSide):
     """jaxgen's half of one dtype: ``kandinsky.JaxSide``'s timing with Würstchen's models and pipelines."""
 
-    def model(self, name: str) -> tuple:
-        """(module, params) of a component, random, in this side's dtype."""
-        import jax
-
-        from random_weights import jax_random_params
-
-        if name not in self.models:
-            start = time.perf_counter()
-            module = _jax_class(name).from_config(self.setup.configs[name], dtype=self.dtype)
-            params = jax.block_until_ready(jax_random_params(module, self.dtype))
-            size = sum(x.size for x in jax.tree_util.tree_leaves(params))
-            log(f"jaxgen {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
-            self.models[name] = (module, params)
-        return self.models[name]
+    def model_class(self, name: str) -> Any:
+        return _jax_class(name)
 
     def measure(self, part: str) -> dict:
         return self.decode() if part == "vqgan" else self.wuerstchen_step(part)
@@ -242,19 +222,7 @@ class JaxSide(kandinsky.JaxSide):
 
         module, params = self.model("vqgan")
         latents = jax.device_put(start_latents(self.setup, "vqgan"))
-        start = time.perf_counter()
-        lowered = _decode_vqgan.lower(module, params, latents)
-        compiled = lowered.compile()
-        compile_s = time.perf_counter() - start
-        compiled(params, latents).block_until_ready()
-        reps = _decode_reps(self.steps)
-        start = time.perf_counter()
-        for _ in range(reps):
-            out = compiled(params, latents)
-        jax.block_until_ready(out)
-        seconds = (time.perf_counter() - start) / reps
-        return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered),
-                "output_shape": list(out.shape)}
+        return kandinsky.time_compiled(_decode_vqgan, (module,), (params, latents), _decode_reps(self.steps))
 
 
 def jax_abstract_flops(setup: Setup, part: str, dtype_name: str) -> dict:
@@ -318,15 +286,8 @@ def torch_call(setup: Setup, part: str, model: Any, to_tensor: Callable[[np.ndar
 class TorchSide(kandinsky.TorchSide):
     """diffusers' half of one dtype: ``kandinsky.TorchSide``'s timing with Würstchen's models and loop bodies."""
 
-    def model(self, name: str) -> Any:
-        from random_weights import torch_random_module
-
-        if name not in self.models:
-            start = time.perf_counter()
-            self.models[name] = torch_random_module(_torch_builder(self.setup, name), self.dtype, self.device)
-            size = sum(p.numel() for p in self.models[name].parameters())
-            log(f"diffusers {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
-        return self.models[name]
+    def builder(self, name: str) -> Callable[[], Any]:
+        return _torch_builder(self.setup, name)
 
     def measure(self, part: str) -> dict:
         return self.decode() if part == "vqgan" else self.wuerstchen_step(part)
@@ -407,13 +368,6 @@ def torch_meta_flops(setup: Setup, part: str, dtype_name: str) -> float | None:
 # ----------------------------------------------------------------------------- the run
 
 
-def device_peak(dtype: str) -> float | None:
-    import jax
-
-    kind = jax.devices()[0].device_kind
-    return next((peaks.get(dtype) for name, peaks in PEAKS if name in kind), None)
-
-
 def run_side(side: Any, parts: list[str], recorder: kandinsky.Recorder) -> None:
     """Every part on one side, in order, each model freed after its part; an error or the spent budget is
     recorded instead of a result (``kandinsky.run_side``'s rules)."""
@@ -431,7 +385,7 @@ def run_side(side: Any, parts: list[str], recorder: kandinsky.Recorder) -> None:
                 result = {"error": f"{type(e).__name__}: {e}"[:2000]}
             if "seconds" in result:
                 extra = f", compile {result['compile_s']:.1f} s" if "compile_s" in result else ""
-                log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {UNITS[part]}{extra}")
+                log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {kandinsky.UNITS[part]}{extra}")
             recorder.add(part, side.dtype_name, side.name, result)
             side.release(set())
     finally:
@@ -459,25 +413,11 @@ def flops_only(args: argparse.Namespace, setup: Setup) -> None:
     on meta tensors, and the floor at the device's datasheet peak where known."""
     import jax
 
-    out = []
-    for dtype in args.dtypes:
-        for part in args.only:
-            xla = jax_abstract_flops(setup, part, dtype)
-            counted, peak = torch_meta_flops(setup, part, dtype), device_peak(dtype)
-            out.append({"part": part, "dtype": dtype, "rows": setup.describe(part), **xla, "torch_flops": counted,
-                        "device_peak": peak, "floor_at_peak_s": xla["flops"] / peak if xla["flops"] and peak else None})
-            log(f"{part} {dtype}: XLA {_fmt(xla['flops'] and xla['flops'] / 1e9, '.1f')} GFLOP (compile "
-                f"{xla['compile_s']:.1f} s), FlopCounterMode {_fmt(counted and counted / 1e9, '.1f')} GFLOP")
+    out = kandinsky.flop_counts(args, setup, jax_abstract_flops, torch_meta_flops)
     print(f"\n{setup.label}; {setup.resolution}x{setup.resolution}, embeddings {setup.embedding_side}, latents "
           f"{setup.latent_side}; batch {setup.batch}; FLOPs of one model call per part (the guidance and scheduler "
           f"arithmetic not counted); device {jax.devices()[0].device_kind}\n")
-    print("| part | dtype | rows | GFLOP (XLA compiled) | GFLOP (XLA lowered) | GFLOP (FlopCounterMode, diffusers) "
-          "| device peak TFLOP/s | floor at peak |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in out:
-        g = lambda v: _fmt(v and v / 1e9, ".1f")
-        print(f"| {r['part']} | {r['dtype']} | {r['rows']} | {g(r['flops'])} | {g(r['flops_lowered'])} | {g(r['torch_flops'])} "
-              f"| {_fmt(r['device_peak'] and r['device_peak'] / 1e12, '.0f')} | {_fmt(r['floor_at_peak_s'], '.4g')} |")
+    kandinsky.print_flop_counts(out)
     if args.json:
         args.json.write_text(json.dumps({"setup": setup.label, "resolution": setup.resolution, "batch": setup.batch,
                                          "configs": setup.configs, "jax_device": jax.devices()[0].device_kind,
@@ -485,11 +425,7 @@ def flops_only(args: argparse.Namespace, setup: Setup) -> None:
 
 
 def _parse() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts, of {','.join(PARTS)} (default: all)")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
-    parser.add_argument("--torch-dtypes", default=None, help="the dtypes diffusers runs too (default: all of --dtypes; "
-                        "the others run jaxgen only)")
+    parser = kandinsky.list_arguments(__doc__, PARTS)
     parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default 10, 3 "
                         "with --tiny); the schedules have this many steps; decodes timed: as many (at most 3 on a CPU)")
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 1024, 128 with "
@@ -498,23 +434,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--prior-guidance", type=float, default=PRIOR_GUIDANCE, help="stage C guidance scale (CFG above 1)")
     parser.add_argument("--decoder-guidance", type=float, default=DECODER_GUIDANCE, help="stage B guidance scale "
                         "(default 0: no guidance, B rows)")
-    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
-    parser.add_argument("--flops-only", action="store_true", help="count the FLOPs at --resolution (XLA on abstract "
-                        "shapes, PyTorch on meta tensors) and the floor at the device's peak; run nothing")
-    parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
-                        "torch's own; 1 helps on a machine other processes load)")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds since start after which the "
-                        "remaining measurements are skipped (and recorded as skipped)")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
-    args.only = [p for p in args.only.split(",") if p]
-    args.dtypes = [d for d in args.dtypes.split(",") if d]
-    args.torch_dtypes = args.dtypes if args.torch_dtypes is None else [d for d in args.torch_dtypes.split(",") if d]
-    if args.skip_torch:
-        args.torch_dtypes = []
-    if unknown := set(args.only) - set(PARTS) or set(args.dtypes + args.torch_dtypes) - {"float32", "bfloat16"}:
-        parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
+    kandinsky.run_arguments(parser, flops_only=" at --resolution")
+    args = kandinsky.parse_lists(parser, PARTS)
     args.resolution = args.resolution or (128 if args.tiny else 1024)
     args.steps = args.steps or (3 if args.tiny else 10)
     return args
@@ -535,41 +456,19 @@ def make_setup(args: argparse.Namespace) -> Setup:
 
 
 def _meta(args: argparse.Namespace, setup: Setup) -> dict:
-    import diffusers
-    import jax
-    import torch
-
-    device = f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})"
-    host = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     return {
         "setup": setup.label, "resolution": setup.resolution, "batch": setup.batch,
         "embedding_side": setup.embedding_side, "latent_side": setup.latent_side, "configs": setup.configs,
         "parts": args.only, "rows": {part: setup.describe(part) for part in args.only}, "dtypes": args.dtypes,
         "torch_dtypes": args.torch_dtypes, "steps_timed": args.steps,
         "guidance_scale": {"prior": setup.prior_guidance, "decoder": setup.decoder_guidance},
-        "jax_device": device, "torch_device": torch_device, "host": host,
-        "device_peaks": {d: device_peak(d) for d in args.dtypes},
-        "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
-        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "load_average_start": os.getloadavg()[0],
+        **kandinsky.environment_meta(args.dtypes),
     }
 
 
 def main() -> None:
     args = _parse()
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with PyTorch
-    os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")  # compile times from scratch, every run
-    import jax
-
-    jax.devices()
-    jax.monitoring.register_event_duration_secs_listener(kandinsky._record_compile)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
+    kandinsky.start_run(args)
     setup = make_setup(args)
     log(f"{setup.label}, {args.resolution}px, embeddings {setup.embedding_side}, latents {setup.latent_side}, batch "
         f"{args.batch}; parts {args.only}; dtypes {args.dtypes} (diffusers: {args.torch_dtypes})")
@@ -577,32 +476,15 @@ def main() -> None:
         flops_only(args, setup)
         return
     recorder = kandinsky.Recorder(args.json, _meta(args, setup), args.time_budget)
-    counts: dict[str, dict] = {}
-    recorder.meta["torch_flop_counter"] = counts  # FlopCounterMode on meta tensors, by dtype and part
-    for dtype in args.dtypes:
-        counts[dtype] = {part: torch_meta_flops(setup, part, dtype) for part in args.only}
-        recorder.rates[dtype] = kandinsky.matmul_rates(dtype)
-        for side_class in [JaxSide] + ([TorchSide] if dtype in args.torch_dtypes else []):
-            run_side(side_class(setup, dtype, args.steps), args.only, recorder)
-        recorder.rates[dtype] = kandinsky.matmul_rates(dtype, recorder.rates[dtype])  # again: the best of both
-        recorder.flush()
-    rows = recorder.rows()
-    kandinsky._flops_check(rows)
-    meta = recorder.meta
-    meta["load_average_end"] = os.getloadavg()[0]
+    rows = kandinsky.measure(recorder, setup, args, (JaxSide, TorchSide), lambda side: run_side(side, args.only, recorder),
+                             args.torch_dtypes, torch_meta_flops)
     guidance = (f"prior guidance {setup.prior_guidance} ({setup.rows('prior')} rows), decoder guidance "
                 f"{setup.decoder_guidance} ({setup.rows('decoder')} rows)")
-    print(f"\n{meta['setup']}; {args.resolution}x{args.resolution}, embeddings {setup.embedding_side}x"
-          f"{setup.embedding_side}, latents {setup.latent_side}x{setup.latent_side}, batch {args.batch}; {guidance}; "
-          f"{args.steps} steps timed; jax {meta['jax_device']}, torch {meta['torch_device']} (diffusers dtypes: "
-          f"{', '.join(args.torch_dtypes) or 'none'}); host {meta['host']}; jax {meta['versions']['jax']}, torch "
-          f"{meta['versions']['torch']}, diffusers {meta['versions']['diffusers']}; 1-min load average "
-          f"{meta['load_average_start']:.1f} at the start, {meta['load_average_end']:.1f} at the end; whole run "
-          f"{time.perf_counter() - kandinsky._START:.0f} s\n")
-    kandinsky.print_table(rows)
-    print()
-    print_flops_table(setup, rows, counts)
-    recorder.flush()
+    head = (f"{setup.label}; {args.resolution}x{args.resolution}, embeddings {setup.embedding_side}x"
+            f"{setup.embedding_side}, latents {setup.latent_side}x{setup.latent_side}, batch {args.batch}; {guidance}; "
+            f"{args.steps} steps timed")
+    kandinsky.report(recorder, rows, head, args.torch_dtypes,
+                     flops_table=lambda: print_flops_table(setup, rows, recorder.meta["torch_flop_counter"]))
 
 
 if __name__ == "__main__":
