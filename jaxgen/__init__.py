@@ -28,7 +28,7 @@ _EXPORTS = {
     "set_compilation_cache": "jaxgen.pipelines.pipeline_utils",
 }
 _SUBMODULES = ("models", "schedulers", "pipelines", "text", "nn", "sharding", "batch", "hub", "quantize",
-               "image_processing", "registry", "cli")
+               "image_processing", "registry", "cli", "utils")
 
 __all__ = sorted(_EXPORTS) + list(_SUBMODULES)
 

@@ -27,6 +27,17 @@ def _output_paths(out: str, count: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
 
 
+def _check_out(out: str, folder: bool = False) -> None:
+    """Fail before any model loads when nothing could be written at ``--out`` (a file path, or a folder)."""
+    path = Path(out)
+    target = path if folder or path.suffix == "" or path.is_dir() else path.parent
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--out {out}: {target} is a file, not a folder")
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write there ({existing} is not a writable folder)")
+
+
 def _save_pngs(images: list, paths: list[Path]) -> None:
     for image, path in zip(images, paths):
         tmp = path.with_name(path.name + ".tmp")
@@ -95,6 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
     from jaxgen import registry
     from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
 
+    _check_out(args.out)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
     class_name = checkpoint_class_name(args.model)
     family = registry.family_of(class_name)
@@ -152,7 +164,8 @@ def _batch(args: argparse.Namespace) -> int:
 
     from jaxgen.batch import generate_batch, read_prompts
 
-    read_prompts(args.prompts, seed=args.seed)  # a bad prompts file fails before anything loads
+    read_prompts(args.prompts, seed=args.seed)  # a bad prompts file or --out fails before anything loads
+    _check_out(args.out, folder=True)
     if args.distributed:
         jax.distributed.initialize()
     call = {}
@@ -261,8 +274,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "caption":
             return _caption(args)
         return _generate(args)
-    except (HubError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (HubError, CheckpointError, FileNotFoundError, ValueError, TypeError) as e:
         print(f"jaxgen: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # the device ran out of memory: a request too large for it, not a bug
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        print(f"jaxgen: error: out of device memory ({str(e).splitlines()[0]}): ask for fewer or smaller images"
+              " (--num-images, --height, --width, --batch-size) or use --dtype bfloat16", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.command != "batch":

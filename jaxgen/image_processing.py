@@ -223,21 +223,58 @@ def numpy_to_pil(images: Any) -> list[PIL.Image.Image]:
     return [PIL.Image.fromarray(image) for image in images]
 
 
-def as_image_list(image: Any) -> list:
-    """An image argument (one image, an array batch, or a list/tuple of them) as a list."""
-    return list(image) if isinstance(image, (list, tuple)) else [image]
+def as_image_list(image: Any, name: str = "image") -> list:
+    """An image argument (one image, an array batch, or a list/tuple of them) as a list; an empty list or an
+    empty image (0 pixels) is a ValueError naming the argument ``name``."""
+    images = list(image) if isinstance(image, (list, tuple)) else [image]
+    if not images:
+        raise ValueError(f"`{name}` is an empty list: pass at least one image")
+    for i in images:
+        size = (i.height, i.width) if isinstance(i, PIL.Image.Image) else np.shape(i)
+        if 0 in tuple(size):
+            raise ValueError(f"`{name}` has an empty image (shape {tuple(size)})")
+    return images
+
+
+def image_array(x: Any, name: str = "image") -> np.ndarray:
+    """One image array as the pipelines take them -> float32: uint8 is read as 0-255 (divided by 255); floats
+    must be finite and within [0, 1] (or [-1, 1]: already normalised, as diffusers takes them); other dtypes
+    are a TypeError. Errors name the argument ``name``."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"`{name}` arrays must be uint8 (0-255) or float (in [0, 1]), got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"`{name}` has NaN or infinite values")
+    if x.size and (x.max() > 1.0 or x.min() < -1.0):
+        raise ValueError(f"`{name}` float arrays must be in [0, 1] (or [-1, 1] when already normalised), got values"
+                         f" in [{x.min():g}, {x.max():g}]; pass uint8 arrays for 0-255 pixels")
+    return x
 
 
 def stack_image_arrays(images: list, name: str) -> np.ndarray:
-    """A list of arrays (H, W), (H, W, C) or (N, H, W, C) -> one float32 (N, H, W, C) array (a ValueError
-    naming the argument ``name`` otherwise)."""
-    arrays = [np.asarray(i, np.float32) for i in images]
+    """A list of arrays (H, W), (H, W, C) or (N, H, W, C) (uint8, or float in [0, 1]: ``image_array``) -> one
+    float32 (N, H, W, C) array (a ValueError naming the argument ``name`` otherwise)."""
+    arrays = [image_array(i, name) for i in images]
     out = np.concatenate(arrays, axis=0) if arrays[0].ndim == 4 else np.stack(arrays, axis=0)
     if out.ndim == 3:  # (N, H, W): one channel
         out = out[..., None]
     if out.ndim != 4:
         raise ValueError(f"`{name}` arrays must be (H, W), (H, W, C) or (N, H, W, C), got shape {arrays[0].shape}")
     return out
+
+
+def stack_mask_arrays(masks: list, name: str = "mask_image") -> np.ndarray:
+    """Mask arrays ((H, W), (N, H, W), (H, W, 1), (N, H, W, 1); uint8, bool or float in [0, 1]) -> float32
+    (N, H, W, C), not binarized."""
+    arrays = [np.asarray(m) for m in masks]
+    if len(arrays) == 1 and arrays[0].ndim == 3:  # one (H, W, 1) mask, or (N, H, W) masks
+        arrays = [arrays[0][..., 0]] if arrays[0].shape[-1] == 1 else [arrays[0][..., None]]
+    return stack_image_arrays(arrays, name)
 
 
 def to_signed_range(array: np.ndarray) -> np.ndarray:
@@ -263,8 +300,8 @@ def _default_height_width(height: int | None, width: int | None, image_hw: tuple
     return height - height % multiple, width - width % multiple
 
 
-def _as_image_list(image: Any, do_convert_grayscale: bool) -> list:
-    """The accepted inputs -> a list of PIL images or of numpy arrays (2-D, 3-D or 4-D)."""
+def _as_image_list(image: Any, do_convert_grayscale: bool, name: str = "image") -> list:
+    """The accepted inputs -> a list of PIL images or of float32 numpy arrays (2-D, 3-D or 4-D: ``image_array``)."""
     if isinstance(image, jax.Array):
         image = np.asarray(image)
     if isinstance(image, (list, tuple)):
@@ -275,7 +312,7 @@ def _as_image_list(image: Any, do_convert_grayscale: bool) -> list:
     if not isinstance(image, (list, tuple)):
         image = [image]
     if len(image) == 0:
-        raise ValueError("Input is empty: pass at least one image.")
+        raise ValueError(f"`{name}` is empty: pass at least one image.")
     is_pil = all(isinstance(i, PIL.Image.Image) for i in image)
     is_array = all(isinstance(i, np.ndarray) for i in image)
     valid_arrays = is_array and (
@@ -285,10 +322,11 @@ def _as_image_list(image: Any, do_convert_grayscale: bool) -> list:
     )
     if not (is_pil or valid_arrays):
         raise ValueError(
-            "Input is in incorrect format. Currently, we only support PIL.Image.Image, np.ndarray and jax.Array "
+            f"`{name}` is in incorrect format. Currently, we only support PIL.Image.Image, np.ndarray and jax.Array "
             "images (2-D, 3-D, or 4-D NHWC), or lists of them."
         )
-    return list(image)
+    images = as_image_list(image, name)
+    return images if is_pil else [image_array(i, name) for i in images]
 
 
 def preprocess(
@@ -304,12 +342,13 @@ def preprocess(
     do_binarize: bool = False,
     do_convert_rgb: bool = False,
     do_convert_grayscale: bool = False,
+    name: str = "image",
 ) -> np.ndarray:
     """Images for a VAE encoder: diffusers' `VaeImageProcessor(...).preprocess(image, height, width)`
     with the same settings, channels last.
 
-    image: a PIL image, a numpy/jax array (H, W), (H, W, C) or (N, H, W, C) in [0, 1], or a list
-    of these. Height and width default to the image's, rounded down to multiples of
+    image: a PIL image, a numpy/jax array (H, W), (H, W, C) or (N, H, W, C) in [0, 1] (uint8 arrays: 0-255),
+    or a list of these; bad input is a ValueError or TypeError naming the argument `name`. Height and width default to the image's, rounded down to multiples of
     `vae_scale_factor`; PIL images are resized with `resample` (diffusers' default "lanczos"),
     arrays with nearest-neighbour (as diffusers resizes tensors). Returns a float32 numpy array
     (N, height, width, C) in [-1, 1] (in [0, 1] without `do_normalize`; 0/1 with `do_binarize`).
@@ -319,7 +358,7 @@ def preprocess(
         raise ValueError("`do_convert_rgb` and `do_convert_grayscale` can not both be set to `True`.")
     if resample not in _RESAMPLE:
         raise ValueError(f"resample={resample!r} is not one of {sorted(_RESAMPLE)}")
-    images = _as_image_list(image, do_convert_grayscale)
+    images = _as_image_list(image, do_convert_grayscale, name)
 
     if isinstance(images[0], PIL.Image.Image):
         if do_resize:
@@ -387,6 +426,7 @@ def preprocess_mask(
         do_normalize=False,
         do_binarize=True,
         do_convert_grayscale=True,
+        name="mask_image",
     )
 
 

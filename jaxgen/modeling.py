@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, TypeVar
 
@@ -37,15 +38,47 @@ def _freeze(value: Any) -> Any:
     return value
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config.json value (lists frozen to tuples) can be a field of type ``hint``: loose (an int is a
+    float, a tuple any tuple), exact about str / int / bool / None, so a wrong JSON type is caught when read."""
+    origin = typing.get_origin(hint)
+    if hint is Any or isinstance(hint, TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool) or value is None  # null in a diffusers config reads as false
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or hint in (tuple, list):
+        return isinstance(value, tuple)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        return isinstance(value, Mapping)
+    return True  # an annotation this check does not know: left to the model
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Base of config dataclasses: field names are config.json keys; lists become tuples."""
 
     @classmethod
     def from_dict(cls: type[C], config: Mapping[str, Any], **overrides: Any) -> C:
-        """Build from a config.json dict, ignoring keys this architecture does not use (as diffusers does)."""
+        """Build from a config.json dict, ignoring keys this architecture does not use (as diffusers does); a
+        value of the wrong JSON type for its field is a TypeError naming the field."""
+        hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: _freeze(v) for k, v in {**config, **overrides}.items() if k in names}
+        for name, value in values.items():
+            if not _fits(value, hints.get(name, Any)):
+                raise TypeError(f"config field `{name}` of {cls.__name__} must be {hints[name]}, got {value!r}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -138,8 +171,17 @@ class PretrainedModel:
         """
         root = hub.resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, kind="model", variant=variant)
         folder = hub.component_folder(root, subfolder) if subfolder else Path(root)
-        module = cls.from_config(hub.load_config(folder, cls.config_name), dtype=dtype)
+        module = cls.from_config_file(folder, dtype=dtype)
         return module, module.load_params(folder, variant=variant, mesh=mesh)
+
+    @classmethod
+    def from_config_file(cls, folder: Path, dtype: Any = jnp.float32):
+        """The module (no params) for a component folder's config file; a field of the wrong type is a TypeError
+        naming the field and the file."""
+        try:
+            return cls.from_config(hub.load_config(folder, cls.config_name), dtype=dtype)
+        except TypeError as e:
+            raise TypeError(f"{Path(folder) / cls.config_name}: {e}") from None
 
     def load_params(self, folder: Path, variant: str | None = None, mesh: Any = None) -> Any:
         """Params for this module from a component folder (safetensors, or converted orbax params).

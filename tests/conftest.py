@@ -198,3 +198,46 @@ def make_xlm_roberta_tokenizer(folder: Path):
     vocab += [(sp.id_to_piece(i), sp.get_score(i)) for i in range(3, sp.get_piece_size())]
     vocab.append(("<mask>", 0.0))
     return XLMRobertaTokenizerFast(vocab=vocab, model_max_length=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_hub(tmp_path_factory) -> dict[str, Path]:
+    """Hub id -> the folder of a tiny model standing in for it: one of every family's checkpoints (the README
+    examples run on them; test_bad_input.py loads every pipeline from them)."""
+    from tests.test_deepfloyd_if import _build as build_if
+    from tests.test_stable_diffusion_upscale import build_tiny_upscale
+
+    from tests.test_kandinsky import build_tiny_kandinsky
+    from tests.test_kandinsky22 import build_tiny_kandinsky22
+    from tests.test_kandinsky3 import build_tiny_kandinsky3
+    from tests.test_unidiffuser import build_tiny_unidiffuser
+    from tests.test_wuerstchen import build_tiny_wuerstchen
+
+    root = tmp_path_factory.mktemp("tiny_hub")
+    geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
+    models = {
+        "PixArt-alpha/PixArt-XL-2-1024-MS": lambda f: build_tiny_pixart(f, sample_size=128, seed=20, **geometry),
+        "PixArt-alpha/PixArt-XL-2-512x512": lambda f: build_tiny_pixart(f, sample_size=64, seed=30, **geometry),
+        "DeepFloyd/IF-I-XL-v1.0": lambda f: build_if(f, stage2=False, seed=40),
+        "DeepFloyd/IF-II-L-v1.0": lambda f: build_if(f, stage2=True, seed=50),
+        "stabilityai/stable-diffusion-x4-upscaler": build_tiny_upscale,
+    }
+    folders = {}
+    for repo, build in models.items():
+        folders[repo] = root / repo.replace("/", "__")
+        build(folders[repo])
+    # Kandinsky 2.1: a MoVQ of 4 levels (8x, as the real one), so that 512 px is 64 x 64 latents
+    kandinsky, _ = build_tiny_kandinsky(root / "kandinsky", movq_levels=4)
+    for name, repo in (("prior", "kandinsky-2-1-prior"), ("decoder", "kandinsky-2-1"), ("inpaint", "kandinsky-2-1-inpaint")):
+        folders[f"kandinsky-community/{repo}"] = kandinsky[name]
+    kandinsky22, _ = build_tiny_kandinsky22(root / "kandinsky22", movq_levels=4)
+    for name, repo in (("prior", "kandinsky-2-2-prior"), ("decoder", "kandinsky-2-2-decoder"),
+                       ("inpaint", "kandinsky-2-2-decoder-inpaint"), ("controlnet", "kandinsky-2-2-controlnet-depth")):
+        folders[f"kandinsky-community/{repo}"] = kandinsky22[name]
+    folders["kandinsky-community/kandinsky-3"] = root / "kandinsky3"
+    build_tiny_kandinsky3(folders["kandinsky-community/kandinsky-3"], movq_levels=4, unet_levels=4)
+    wuerstchen, _ = build_tiny_wuerstchen(root / "wuerstchen")  # the real sizes: 42.67 and 10.67 px per pixel
+    folders["warp-ai/wuerstchen-prior"], folders["warp-ai/wuerstchen"] = wuerstchen["prior"], wuerstchen["decoder"]
+    folders["thu-ml/unidiffuser-v1"] = root / "unidiffuser"  # its own 16 px: the README names no size
+    build_tiny_unidiffuser(folders["thu-ml/unidiffuser-v1"])
+    return folders

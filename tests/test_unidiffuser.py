@@ -374,7 +374,8 @@ def test_command_line(unidiffuser, tmp_path, one_device, capsys):
 
 
 def test_command_line_refusals(unidiffuser, tmp_path, capsys):
-    """A missing image, no captions from another family, no prompt for a text-to-image family: exit 2, one line."""
+    """A missing image, no captions from another family, no prompt for a text-to-image family, an --out that cannot
+    be written: exit 2, one line."""
     from jaxgen.cli import main
 
     _, ours = unidiffuser
@@ -390,3 +391,6 @@ def test_command_line_refusals(unidiffuser, tmp_path, capsys):
     assert "does not write captions" in capsys.readouterr().err
     assert main(["generate", "--model", str(pixart)]) == 2
     assert "the prompt is required" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("")
+    assert main(["generate", "a cat", "--model", str(pixart), "--out", str(tmp_path / "a-file" / "x.png")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err  # before any model loads

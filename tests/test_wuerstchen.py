@@ -180,7 +180,7 @@ def test_default_stage_c_timesteps_are_diffusers():
 @pytest.mark.parametrize("call, message", [
     (dict(height=544), r"multiples of 8"),  # 544 px -> 13 embedding pixels -> 138 latent pixels
     (dict(width=0), r"positive integers"),
-    (dict(prior_timesteps=[1.0, 0.5, 0.7, 0.0]), r"decrease strictly"),
+    (dict(prior_timesteps=[1.0, 0.5, 0.7, 0.0]), r"descending order"),
     (dict(prior_timesteps=[1.2, 0.5, 0.0]), r"within \[0, 1\]"),
     (dict(decoder_timesteps=[0.5]), r"at least two"),
     (dict(output_type="pt"), r"output_type"),

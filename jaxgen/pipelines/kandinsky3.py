@@ -160,7 +160,8 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
                      negative_prompt_embeds=None, callback_on_step_end_tensor_inputs=None, attention_mask=None,
                      negative_attention_mask=None) -> None:
         """diffusers' checks, same messages: the prompt arguments, and embeddings given with their masks."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         pairs = (("prompt_embeds", prompt_embeds, "attention_mask", attention_mask),
                  ("negative_prompt_embeds", negative_prompt_embeds, "negative_attention_mask", negative_attention_mask))
         for embeds_name, embeds, mask_name, mask in pairs:
@@ -177,13 +178,15 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
 
     def begin(self, kwargs: dict, prompt: Any, callback_steps: Any, negative_prompt: Any, prompt_embeds: Any,
               negative_prompt_embeds: Any, attention_mask: Any, negative_attention_mask: Any, *,
-              num_images_per_prompt: Any, guidance_scale: Any, output_type: Any, num_inference_steps: Any) -> Batch:
-        """The checks a call starts with, before anything is encoded or compiled; returns the call's rows."""
+              num_images_per_prompt: Any, guidance_scale: Any, output_type: Any, num_inference_steps: Any,
+              image_size: tuple[int, int] | None = None) -> Batch:
+        """The checks a call starts with, before anything is encoded or compiled; returns the call's rows
+        (``image_size``: the output's (height, width) where known, for ``batch``'s memory check)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps)
         self.check_inputs(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds, None,
                           attention_mask, negative_attention_mask)
-        return self.batch(prompt, prompt_embeds, num_images_per_prompt)
+        return self.batch(prompt, prompt_embeds, num_images_per_prompt, image_size)
 
     # -- text ----------------------------------------------------------------------------------
 
@@ -247,6 +250,11 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
         """Channels of the latents the UNet denoises (4)."""
         return self.unet.config.in_channels
 
+    @property
+    def prompt_embeds_width(self) -> int:
+        """Flan-UL2's width, which the UNet's text projection takes (4096)."""
+        return self.unet.config.encoder_hid_dim
+
     def sample(self, latents: Any, state: Any, embeds: tuple, guidance_scale: float, key: jax.Array, batch: Batch, *,
                callback: Callable | None = None, callback_steps: int = 1) -> jax.Array:
         """The UNet in the shared loop; ``embeds``: ``encode_prompt``'s four values (negatives None: no guidance)."""
@@ -297,11 +305,11 @@ class Kandinsky3Pipeline(_Kandinsky3Base):
     ) -> ImagePipelineOutput | tuple:
         """diffusers' arguments (``generator`` is ``rng``); images ``height`` x ``width`` rounded up to multiples
         of 64; ``latents``: the initial noise (B * n, height / 8, width / 8, 4), channels last."""
+        checks.check_size(height, width)
         batch = self.begin(kwargs, prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
                            attention_mask, negative_attention_mask, num_images_per_prompt=num_images_per_prompt,
                            guidance_scale=guidance_scale, output_type=output_type,
-                           num_inference_steps=num_inference_steps)
-        checks.check_size(height, width)
+                           num_inference_steps=num_inference_steps, image_size=(height, width))
         shape = (batch.total, *latent_size(height, width, self.movq_scale_factor), self.latent_channels)
         checks.check_latents(latents, shape)
 

@@ -57,7 +57,7 @@ class DeferredModel:
         self.dtype, self.variant = dtype, variant
         root = hub.resolve_checkpoint(pretrained_model_name_or_path, subfolder=subfolder, kind="model", variant=variant)
         folder = hub.component_folder(root, subfolder)
-        self.config = model_class.from_config(hub.load_config(folder, model_class.config_name), dtype=dtype).config
+        self.config = model_class.from_config_file(folder, dtype=dtype).config
         self.outputs: dict[str, Any] = {}
 
     def load(self, mesh: Mesh | None = None) -> Any:

@@ -182,6 +182,11 @@ class DiffusionPipeline:
     _denoiser: ClassVar[str] = "unet"
     _output_class: ClassVar[type[BaseOutput]] = ImagePipelineOutput
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:  # every pipeline's call checks its shared arguments by name first
+            cls.__call__ = checks.checking_named_arguments(cls.__dict__["__call__"])
+
     def __init__(self, *, mesh: Mesh | None = None, **components: Any) -> None:
         from jaxgen.schedulers.base import FrozenConfig
 
@@ -272,10 +277,12 @@ class DiffusionPipeline:
     def check_call(self, kwargs: Mapping[str, Any], **options: Any) -> None:
         """The checks every ``__call__`` shares, before anything is encoded or compiled: ``kwargs`` left
         over (``generator`` points to ``rng``; others are unexpected) and the run options
-        (``num_images_per_prompt``, ``guidance_scale``, ``output_type``, ``num_inference_steps``,
-        ``timesteps``, ``sigmas``, ``cross_attention_kwargs``: see ``checks.check_run_options``)."""
+        (``num_images_per_prompt``, ``guidance_scale``, ``output_type``, ``num_inference_steps`` (also against
+        the scheduler's training timesteps), ``timesteps``, ``sigmas``, ``cross_attention_kwargs``, ``eta``,
+        ``callback``: see ``checks.check_run_options``)."""
         checks.check_call_kwargs(type(self).__name__, kwargs)
         checks.check_run_options(**options)
+        checks.check_schedule_options(getattr(self, "scheduler", None), **options)
         if options.get("output_type") not in (None, "latent") and self._decoder_missing():
             raise ValueError(f"this pipeline was loaded without its decoder (`{self._decoder_name()}=None`): use output_type='latent'")
 
@@ -288,10 +295,16 @@ class DiffusionPipeline:
 
     # -- rows on the mesh ------------------------------------------------------------------------
 
-    def batch(self, prompt: Any, prompt_embeds: Any, num_images_per_prompt: int) -> Batch:
-        """The rows of a call with this prompt (or these embeddings) and images per prompt."""
+    def batch(self, prompt: Any, prompt_embeds: Any, num_images_per_prompt: int,
+              image_size: tuple[int, int] | None = None) -> Batch:
+        """The rows of a call with this prompt (or these embeddings) and images per prompt. With the output
+        ``image_size`` (height, width), a call whose float32 images alone exceed this machine's memory is
+        refused here, before anything is encoded."""
         prompts = checks.prompt_batch_size(prompt, prompt_embeds)
         total = prompts * num_images_per_prompt
+        if image_size is not None:
+            checks.check_fits(f"{total} float32 images", total * image_size[0] * image_size[1] * 3 * 4,
+                              f"{prompts} prompts x `num_images_per_prompt` = {num_images_per_prompt} at {image_size}")
         return Batch(prompts, num_images_per_prompt, sharding.padded_size(total, self.mesh))
 
     def _mesh_context(self):
@@ -313,6 +326,11 @@ class DiffusionPipeline:
         return self.shard_rows(out, out.shape[0])
 
     # -- text ----------------------------------------------------------------------------------
+
+    @property
+    def prompt_embeds_width(self) -> int | None:
+        """The width given ``prompt_embeds`` must have (the denoiser's text conditioning), or None: not checked."""
+        return None
 
     def embeds_dtype(self) -> Any:
         """The dtype prompt embeddings are given to the denoiser in: the text encoder's, else the denoiser's."""
@@ -429,6 +447,7 @@ class DiffusionPipeline:
         ``sampling.compile_only()`` (``warmup``) the loop runs zero steps. Returns the latents, on the mesh.
         """
         scheduler = self.scheduler if scheduler is None else scheduler
+        checks.check_run_options(eta=eta, callback=callback)  # the pipelines that do not check them at the start
         if guidance is None:
             guidance = sampling.ClassifierFreeGuidance() if guidance_scale > 1.0 else sampling.NoGuidance()
         num_steps = int(state.timesteps.shape[0]) - int(state.step_index)

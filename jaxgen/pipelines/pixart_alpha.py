@@ -79,6 +79,11 @@ class PixArtAlphaPipeline(DiffusionPipeline):
     }
     _denoiser = "transformer"
 
+    @property
+    def prompt_embeds_width(self) -> int | None:
+        """T5's width, which the transformer's caption projection takes (4096)."""
+        return self.transformer.config.caption_channels
+
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
@@ -117,7 +122,8 @@ class PixArtAlphaPipeline(DiffusionPipeline):
     ) -> None:
         """diffusers' checks, same messages; raised before anything is encoded or compiled."""
         checks.check_size(height, width, multiple=8)
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         if prompt is not None and negative_prompt_embeds is not None:
             raise ValueError(
                 f"Cannot forward both `prompt`: {prompt} and `negative_prompt_embeds`:"
@@ -185,11 +191,13 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         kwargs.pop("mask_feature", None)  # deprecated in diffusers, no effect
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        sigmas=sigmas)
+                        sigmas=sigmas, eta=eta, callback=callback)
         (height, width), output_size = self.generation_size(height, width, use_resolution_binning)
         self.check_inputs(prompt, height, width, negative_prompt, callback_steps, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)
-        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
+        encoder = self.text_encoder if prompt is not None else None
+        checks.check_max_sequence_length(max_sequence_length, encoder and encoder.config.num_heads)
+        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt, (height, width))
         factor = self.vae_scale_factor
         latent_shape = (batch.total, height // factor, width // factor, self.transformer.config.in_channels)
         checks.check_latents(latents, latent_shape)

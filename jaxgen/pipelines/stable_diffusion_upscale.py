@@ -98,6 +98,11 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
             config = dataclasses.replace(module.config, scaling_factor=VAE_SCALING_FACTOR)
             self.vae = module.clone(config=config).bind(variables)
 
+    @property
+    def prompt_embeds_width(self) -> int:
+        """The CLIP text encoder's width, the UNet's cross-attention width (1024)."""
+        return self.unet.config.cross_attention_dim
+
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
@@ -137,7 +142,8 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
     ) -> None:
         """diffusers' checks and messages, plus a noise level inside the low-res schedule; raised before
         anything is encoded or compiled."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         if prompt_embeds is not None and np.ndim(prompt_embeds) != 3:
             raise ValueError(f"`prompt_embeds` must be (batch, tokens, width), got shape {np.shape(prompt_embeds)}")
         if image is None:
@@ -206,7 +212,7 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
         """
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         self.check_inputs(prompt, image, noise_level, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if self.safety_checker is not None and self.feature_extractor is None and output_type != "latent":
             raise ValueError("the safety checker needs a `feature_extractor` (CLIPImageProcessor)")

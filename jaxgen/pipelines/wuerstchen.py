@@ -133,6 +133,11 @@ class WuerstchenPriorPipeline(_WuerstchenStage, DiffusionPipeline):
     _denoiser = "prior"
     _output_class = WuerstchenPriorPipelineOutput
 
+    @property
+    def prompt_embeds_width(self) -> int:
+        """CLIP-bigG's width, the prior's text conditioning (1280)."""
+        return self.prior.config.c_cond
+
     def embedding_size(self, height: int, width: int) -> tuple[int, int]:
         """The embeddings' (h, w) for an image of ``height`` x ``width``: each divided by
         ``resolution_multiple``, rounded up."""
@@ -164,11 +169,12 @@ class WuerstchenPriorPipeline(_WuerstchenStage, DiffusionPipeline):
         ``rng``: an int seed or a ``jax.random`` key (diffusers' ``generator``); ``latents``: the initial noise
         (B * n, h, w, 16); ``output_type``: "pt" (jax arrays here) or "np"."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
-                        output_type="np", num_inference_steps=num_inference_steps, timesteps=timesteps)
+                        output_type="np", num_inference_steps=num_inference_steps, timesteps=timesteps, callback=callback)
         checks.check_embeddings_output_type(output_type)
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         checks.check_size(height, width)
-        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
+        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt, (height, width))
         shape = (batch.total, *self.embedding_size(height, width), self.prior.config.c_in)
         checks.check_latents(latents, shape)
         state = self.prepare_timesteps(num_inference_steps, timesteps, None, (batch.rows, *shape[1:]))
@@ -360,6 +366,8 @@ class WuerstchenCombinedPipeline(PriorDecoderPipeline):
         run before the prior does (a size the decoder cannot take is refused up front)."""
         prompts = checks.prompt_batch_size(prompt, prompt_embeds)
         checks.check_size(height, width)
+        checks.check_timesteps("prior_timesteps", prior_timesteps)
+        self.prior_pipe.scheduler.set_timesteps(prior_num_inference_steps, timesteps=prior_timesteps)  # host-side checks
         decoder_prompt = prompt if prompt is not None else ""
         embeddings_shape = (prompts * num_images_per_prompt, *self.prior_pipe.embedding_size(height, width))
         self.decoder_pipe.begin(

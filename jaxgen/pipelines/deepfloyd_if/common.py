@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import PIL.Image
 
-from jaxgen.image_processing import as_image_list, resize_bilinear_align_corners, stack_image_arrays, to_signed_range
+from jaxgen.image_processing import (as_image_list, resize_bilinear_align_corners, stack_image_arrays, stack_mask_arrays,
+                                     to_signed_range)
 from jaxgen.models.safety_checker import IFSafetyChecker
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
@@ -162,7 +163,7 @@ class _IFPipelineBase(DiffusionPipeline):
         PIL images are converted to RGB and resized with IF's ``resize`` to the UNet's sample size;
         arrays are taken at their size.
         """
-        images = as_image_list(image)
+        images = as_image_list(image, name)
         if isinstance(images[0], PIL.Image.Image):
             size = self.unet.config.sample_size
             out = np.stack([np.array(resize(i.convert("RGB"), size)).astype(np.float32) / 127.5 - 1 for i in images])
@@ -178,16 +179,13 @@ class _IFPipelineBase(DiffusionPipeline):
         PIL masks are converted to "L" and resized with IF's ``resize`` to the UNet's sample size;
         arrays ((H, W), (N, H, W), (H, W, 1), (N, H, W, 1), values in [0, 1]) at their size.
         """
-        masks = as_image_list(mask_image)
+        masks = as_image_list(mask_image, "mask_image")
         if isinstance(masks[0], PIL.Image.Image):
             size = self.unet.config.sample_size
             arrays = [np.array(resize(m.convert("L"), size)).astype(np.float32) / 255.0 for m in masks]
             out = np.stack(arrays, axis=0)[..., None]
         else:
-            arrays = [np.asarray(m, np.float32) for m in masks]
-            if len(arrays) == 1 and arrays[0].ndim == 3 and arrays[0].shape[-1] == 1:
-                arrays = [arrays[0][..., 0]]  # one (H, W, 1) mask
-            out = stack_image_arrays(arrays, "mask_image")
+            out = stack_mask_arrays(masks)
             if out.shape[-1] != 1:
                 raise ValueError(f"`mask_image` must have one channel, got shape {out.shape} (channels last)")
         return np.where(out < 0.5, 0.0, 1.0).astype(np.float32)
@@ -202,6 +200,12 @@ class _IFPipelineBase(DiffusionPipeline):
     def image_channels(self) -> int:
         """The channels of the images this stage denoises (3)."""
         return self.unet.config.in_channels
+
+    @property
+    def prompt_embeds_width(self) -> int:
+        """T5's width, which the UNet's text projection takes (4096)."""
+        config = self.unet.config
+        return config.encoder_hid_dim or config.cross_attention_dim
 
     def _check_size(self, height: Any, width: Any) -> tuple[int, int]:
         height, width = height or self.unet.config.sample_size, width or self.unet.config.sample_size

@@ -26,7 +26,8 @@ class IFPipeline(_IFPipelineBase):
 
     def check_inputs(self, prompt, callback_steps, negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
 
     def __call__(
         self,
@@ -60,10 +61,10 @@ class IFPipeline(_IFPipelineBase):
         """
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         self.check_inputs(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         height, width = self._check_size(height, width)
-        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
+        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt, (height, width))
         shape = (batch.total, height, width, self.image_channels)
         checks.check_latents(latents, shape)
 
@@ -95,7 +96,8 @@ class IFImg2ImgPipeline(_IFStageIImages):
     def check_inputs(self, prompt, image, batch_size, callback_steps, negative_prompt=None, prompt_embeds=None,
                      negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         self.check_image_inputs(batch_size, image=image)
 
     def __call__(
@@ -125,7 +127,7 @@ class IFImg2ImgPipeline(_IFStageIImages):
         prompt. ``latents``: the noise added to the image, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -150,7 +152,8 @@ class IFInpaintingPipeline(_IFStageIImages):
     def check_inputs(self, prompt, image, mask_image, batch_size, callback_steps, negative_prompt=None,
                      prompt_embeds=None, negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         self.check_image_inputs(batch_size, image=image, mask_image=mask_image)
 
     def __call__(
@@ -181,7 +184,7 @@ class IFInpaintingPipeline(_IFStageIImages):
         per prompt, the image's size after preprocessing (PIL: both resized with IF's resize)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, mask_image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)

@@ -58,7 +58,7 @@ class _IFStageII(_IFPipelineBase):
     def low_res_image(self, image: Any, batch: Batch, height: int, width: int) -> np.ndarray:
         """Stage II's low-resolution ``image`` (PIL at its size, as diffusers; arrays in [0, 1] or [-1, 1])
         -> float32 (B * n, h, w, C) in [-1, 1], checked against the output size."""
-        images = as_image_list(image)
+        images = as_image_list(image, "image")
         if isinstance(images[0], PIL.Image.Image):
             low_res = np.stack([np.array(i).astype(np.float32) / 127.5 - 1.0 for i in images], axis=0)
         else:
@@ -102,7 +102,8 @@ class IFSuperResolutionPipeline(_IFStageII):
     def check_inputs(self, prompt, image, batch_size, noise_level, callback_steps, negative_prompt=None,
                      prompt_embeds=None, negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         self.check_noise_level(noise_level)
         self.check_image_inputs(batch_size, image=image)
 
@@ -135,7 +136,7 @@ class IFSuperResolutionPipeline(_IFStageII):
         ``latents``: the initial noise (B * n, height, width, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, batch.prompts, noise_level, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -162,7 +163,8 @@ class IFImg2ImgSuperResolutionPipeline(_IFStageII):
     def check_inputs(self, prompt, image, original_image, batch_size, callback_steps, negative_prompt=None,
                      prompt_embeds=None, negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         self.check_image_inputs(batch_size, image=image, original_image=original_image)
 
     def __call__(
@@ -193,7 +195,7 @@ class IFImg2ImgSuperResolutionPipeline(_IFStageII):
         """``latents``: the noise added to ``original_image``, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, original_image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -221,7 +223,8 @@ class IFInpaintingSuperResolutionPipeline(_IFStageII):
     def check_inputs(self, prompt, image, original_image, mask_image, batch_size, callback_steps,
                      negative_prompt=None, prompt_embeds=None, negative_prompt_embeds=None):
         """diffusers' checks, same messages."""
-        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
+        checks.check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                      self.prompt_embeds_width)
         self.check_image_inputs(batch_size, image=image, original_image=original_image, mask_image=mask_image)
 
     def __call__(
@@ -253,7 +256,7 @@ class IFInpaintingSuperResolutionPipeline(_IFStageII):
         """``latents``: the noise added to ``original_image``, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs)
+                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, original_image, mask_image, batch.prompts, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)

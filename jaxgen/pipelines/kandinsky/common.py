@@ -270,7 +270,7 @@ class KandinskyDecoderBase(MoVQParts, DiffusionPipeline):
         else:
             checks.check_size(height, width)
         rows = _as_rows(image_embeds, "image_embeds") if prompt is None else None  # 2.2: a prompt per row
-        batch = self.batch(prompt, rows, num_images_per_prompt)
+        batch = self.batch(prompt, rows, num_images_per_prompt, (height, width))
         for name, value in (images or {}).items():
             if name == "mask_image":
                 checks.check_mask_argument(value, batch.prompts)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.image_processing import preprocess_mask, stack_image_arrays, _resize_nearest
+from jaxgen.image_processing import _resize_nearest, as_image_list, preprocess_mask, stack_mask_arrays
 from jaxgen.pipelines import checks, tasks
 from jaxgen.pipelines.kandinsky.common import KandinskyDecoderBase
 from jaxgen.pipelines.outputs import ImagePipelineOutput
@@ -153,13 +153,10 @@ class InpaintingParts:
     def preprocess_mask(self, mask_image: Any, height: int, width: int) -> np.ndarray:
         """``mask_image`` -> float32 (N, H, W, 1) of 0/1, 1 = repaint: PIL masks resized to ``width`` x
         ``height`` (Lanczos, grayscale), arrays at their size; binarized at 0.5."""
-        masks = mask_image if isinstance(mask_image, (list, tuple)) else [mask_image]
+        masks = as_image_list(mask_image, "mask_image")
         if not isinstance(masks[0], np.ndarray | jax.Array):
             return preprocess_mask(mask_image, height, width, vae_scale_factor=1, resample="lanczos")
-        arrays = [np.asarray(m, np.float32) for m in masks]
-        if len(arrays) == 1 and arrays[0].ndim == 3 and arrays[0].shape[-1] == 1:
-            arrays = [arrays[0][..., 0]]
-        out = stack_image_arrays(arrays, "mask_image")
+        out = stack_mask_arrays(masks)
         return np.where(out < 0.5, 0.0, 1.0).astype(np.float32)
 
     def masked_image_latents(self, init: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

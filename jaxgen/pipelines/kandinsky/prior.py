@@ -154,6 +154,7 @@ class KandinskyPriorPipeline(DiffusionPipeline):
         schedule from those embeddings noised to it (``latents`` is then that noise)."""
         dim = self.prior.config.embedding_dim
         shape = (batch.total, dim)
+        checks.check_latents(latents, shape)  # before the text encoder runs
         text = self.encode_prompt(prompts, num_images_per_prompt, guidance_scale > 1.0, negatives)
         noise_key, step_key = jax.random.split(as_key(rng))
         state = self.prepare_timesteps(num_inference_steps, None, None, (batch.rows, dim))

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 
 from jaxgen import hub
 from jaxgen.pipelines import checks
@@ -105,11 +106,25 @@ class KandinskyV22PriorEmb2EmbPipeline(KandinskyV22PriorPipeline):
                                     guidance_scale, batch, init_embeds=init, strength=strength)
         return self.prior_output(embeds, negatives is not None, output_type, return_dict)
 
+    def _placeholder_images(self, batch_size: int, height: int | None, width: int | None, call: Any) -> dict[str, Any]:
+        """``warmup``: zero image embeddings as the ``image`` to start from."""
+        return {"image": np.zeros((batch_size, self.prior.config.embedding_dim), np.float32)}
+
     def _check_image_rows(self, image: Any, num_images_per_prompt: int, total: int) -> None:
         count = checks.image_batch_size("image", image)
         if _is_embeds(image) and np.shape(image)[-1] != self.prior.config.embedding_dim:
             raise ValueError(f"`image` as image embeddings must be (N, {self.prior.config.embedding_dim}), got shape"
                              f" {tuple(np.shape(image))}")
+        arrays = [x for x in (image if isinstance(image, (list, tuple)) else [image]) if not isinstance(x, PIL.Image.Image)]
+        if arrays and not _is_embeds(image):  # CLIP pixel values, already normalised: any range, the encoder's size
+            side = self.image_encoder.config.image_size
+            for x in arrays:
+                if not np.issubdtype(np.asarray(x).dtype, np.floating):
+                    raise TypeError(f"`image` arrays are CLIP pixel values (float), got dtype {np.asarray(x).dtype}")
+                if np.shape(x)[-3:] != (side, side, 3):
+                    raise ValueError(f"`image` arrays are CLIP pixel values ([N,] {side}, {side}, 3), got shape"
+                                     f" {tuple(np.shape(x))}")
+                checks.check_finite("image", x)
         rows = count * num_images_per_prompt
         if rows > total or total % rows:
             raise ValueError(f"Cannot duplicate `image` of batch size {count} to {total} text prompts.")
