@@ -192,7 +192,7 @@ def test_config_reading():
         CLIPTextConfig(hidden_act="mish")
     with pytest.raises(ValueError, match="num_attention_heads"):
         CLIPVisionConfig(hidden_size=30, num_attention_heads=4)
-    with pytest.raises(ValueError, match="eos_token_id"):
+    with pytest.raises(TypeError, match="eos_token_id"):  # a list where the config takes one int
         CLIPTextConfig.from_dict({"eos_token_id": [2, 3]})
     with pytest.raises(ValueError, match="max_position_embeddings"):
         CLIPTextModel(CLIPTextConfig.tiny()).init(jax.random.key(0), jnp.zeros((1, 17), jnp.int32))
