@@ -18,14 +18,24 @@ metadata matches, not rewritten; stale temporary files are removed. A finished i
 never generated twice nor lost. A job recorded with other settings (another seed, step count,
 ...) stops the run with an error instead of mixing two settings in one folder.
 
+Models: every family's text-to-image pipeline, the one ``AutoPipelineForText2Image`` loads (PixArt;
+DeepFloyd IF stage I, 64 px; Kandinsky 2.1 / 2.2 and Würstchen decoders: prior + decoder, the prior
+from ``prior=`` or the one the decoder's README.md names; Kandinsky 3) or the family's own (UniDiffuser,
+text to image). ``guidance_scale`` is a combined Würstchen's decoder guidance.
+
 Reproducibility: job ``i`` (0-based among the prompts) uses its own ``"seed"`` if the jsonl line
-gives one, else ``seed + i``. Its initial noise is drawn from that seed alone, exactly as
+gives one, else ``seed + i``. With ``batch_size=1`` an image is exactly ``pipe(prompt, rng=seed,
+**settings)`` for every family (image ``k`` of ``num_images_per_prompt``: row ``k`` of that call).
+With larger batches it depends on its batch unless the pipeline takes its whole noise as one
+``latents=`` tensor and samples deterministically (PixArt with its default DPM-Solver++, or DDIM
+with eta 0): there each image's initial noise is drawn from its seed alone, exactly as
 ``pipe(prompt, rng=seed)`` draws it (``jax.random.split(jax.random.key(seed))[0]``; image ``k > 0``
-of a job folds ``k`` into that key), and handed to the pipeline as ``latents=``. With a
-deterministic sampler (PixArt's default DPM-Solver++, DDIM with eta 0) an image therefore depends
-only on its prompt, seed and settings, not on which batch it landed in or on ``batch_size``
-(up to float rounding between batch shapes). Stochastic samplers (DDPM, DDIM with eta > 0,
-SDE-DPM-Solver) draw step noise per pipeline call: use ``batch_size=1`` to make those per-image.
+of a job folds ``k`` into that key), so an image depends only on its prompt, seed and settings, not
+on its batch (up to float rounding between batch shapes). Everywhere else (DDPM-like samplers: IF,
+Kandinsky's priors, Kandinsky 3, Würstchen; UniDiffuser's data-free guidance; a prior and a decoder
+drawing from one call's key) the noise is drawn per call from its first job's seed, and each such
+image's metadata records the call it came from (``"call": {"seed", "ids"}``: the prompts of those
+ids in that order, that rng, the recorded settings).
 
 Compilation: every pipeline call has the same shapes. Prompts go in groups of
 ``min(batch_size, number of jobs)``; the last group is padded with repeats of its last prompt whose
@@ -55,7 +65,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Job", "BatchSummary", "read_prompts", "generate_batch", "read_manifest", "initial_noise"]
+from jaxgen.batch_files import Manifest, finished, lock_folder, png_bytes, png_parameters, write_atomic
+
+__all__ = ["Job", "BatchSummary", "read_prompts", "generate_batch", "read_manifest", "initial_noise", "load_pipeline"]
 
 logger = logging.getLogger(__name__)
 
@@ -240,8 +252,14 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _schedulers(pipe: Any) -> dict[str, Any]:
+    """The pipeline's schedulers by component name (a combined pipeline's ``scheduler`` and ``prior_scheduler``)."""
+    components = getattr(pipe, "components", {})
+    return {name: c for name, c in components.items() if type(c).__name__.endswith("Scheduler")}
+
+
 def _model_dtype(pipe: Any) -> str | None:
-    for name in ("transformer", "unet", "text_encoder"):
+    for name in ("transformer", "unet", "decoder", "text_encoder"):
         component = getattr(pipe, name, None)
         if component is not None and getattr(component, "dtype", None) is not None:
             return jnp.dtype(component.dtype).name
@@ -260,14 +278,15 @@ def _settings(pipe: Any, model: str | None, call: Mapping[str, Any], num_images:
             settings[name] = call.get(name, defaults.get(name))
     for name in sorted(set(call) - set(_SETTINGS)):
         settings[name] = call[name]
-    _, height, width, gen_height, gen_width = layout
-    settings.update(height=height, width=width, num_images_per_prompt=num_images)
-    if (gen_height, gen_width) != (height, width):
-        settings.update(generated_height=gen_height, generated_width=gen_width)
-    scheduler = getattr(pipe, "scheduler", None)
-    if scheduler is not None:
+    settings["num_images_per_prompt"] = num_images
+    if layout is not None:
+        _, height, width, gen_height, gen_width = layout
+        settings.update(height=height, width=width)
+        if (gen_height, gen_width) != (height, width):
+            settings.update(generated_height=gen_height, generated_width=gen_width)
+    for name, scheduler in _schedulers(pipe).items():
         config = {k: v for k, v in dict(getattr(scheduler, "config", {})).items() if not k.startswith("_")}
-        settings["scheduler"] = {"class": type(scheduler).__name__, **config}
+        settings[name] = {"class": type(scheduler).__name__, **config}
     settings["dtype"] = _model_dtype(pipe)
     return json.loads(json.dumps(_jsonable(settings)))  # exactly what a manifest line reads back as
 
@@ -297,131 +316,51 @@ def _difference(old: Mapping, new: Mapping) -> str | None:
     return None
 
 
-def _png_parameters(path: Path) -> dict | None:
-    """The "parameters" metadata of a valid PNG (all chunk CRCs checked), {} without it; None if missing or corrupt."""
-    import PIL.Image
-
-    try:
-        with PIL.Image.open(path) as image:
-            if image.format != "PNG":
-                return None
-            text = image.info.get("parameters")
-            image.verify()
-    except Exception:  # PIL raises many kinds for truncated or damaged files
-        return None
-    try:
-        params = json.loads(text) if text is not None else {}
-    except json.JSONDecodeError:
-        return {}
-    return params if isinstance(params, dict) else {}
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not possible on every platform
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes, tmp_suffix: str) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}{tmp_suffix}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _png_bytes(image: Any, record: dict) -> bytes:
-    import io
-
-    from PIL.PngImagePlugin import PngInfo
-
-    from jaxgen import __version__
-
-    info = PngInfo()
-    info.add_text("parameters", json.dumps(record, sort_keys=True))
-    info.add_text("Software", f"jaxgen {__version__}")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-class _Manifest:
-    """This process's manifest: read (torn last lines repaired), then appended one fsynced line at a time."""
-
-    def __init__(self, path: Path, tmp_suffix: str) -> None:
-        self.path = path
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
-        good = [line for line in lines if _parse(line) is not None]
-        if len(good) != len(lines) or (lines and not path.read_bytes().endswith(b"\n")):
-            # a crash mid-append left a torn line: keep the whole ones
-            _write_atomic(path, "".join(line + "\n" for line in good).encode(), tmp_suffix)
-            logger.warning("%s: dropped %d unreadable line(s)", path, len(lines) - len(good))
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def append(self, entry: dict) -> None:
-        data = (json.dumps(entry, sort_keys=True) + "\n").encode()
-        while data:  # one write for any line of normal size; O_APPEND keeps lines whole
-            data = data[os.write(self._fd, data):]
-        os.fsync(self._fd)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def _parse(line: str) -> dict | None:
-    try:
-        entry = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return entry if isinstance(entry, dict) and "id" in entry and "file" in entry else None
-
-
-def _finished(out_dir: Path) -> dict[tuple[str, int], dict]:
-    """(id, image) -> the last manifest entry for it, over every process's manifest."""
-    entries: dict[tuple[str, int], dict] = {}
-    for path in sorted(out_dir.glob("manifest*.jsonl")):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            entry = _parse(line)
-            if entry is not None:
-                entries[(str(entry["id"]), int(entry.get("image", 0)))] = entry
-    return entries
-
-
-def _lock(out_dir: Path, process_index: int) -> Any:
-    """An exclusive lock on the folder for this process index (released by the OS if the process dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        return None
-    handle = open(out_dir / f".lock-p{process_index}", "a")
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise ValueError(f"another jaxgen batch (process {process_index}) is writing to {out_dir}") from None
-    return handle
+_STOCHASTIC_SCHEDULERS = ("DDPMScheduler", "UnCLIPScheduler", "DDPMWuerstchenScheduler")
 
 
 def _stochastic(pipe: Any, call: Mapping[str, Any]) -> bool:
-    """Whether the sampler adds noise at each step (then images depend on the pipeline call's rng)."""
-    scheduler = getattr(pipe, "scheduler", None)
-    config = getattr(scheduler, "config", {})
-    name = type(scheduler).__name__
-    return (
-        name == "DDPMScheduler"
-        or (name == "DDIMScheduler" and float(call.get("eta", 0.0)) > 0)
-        or str(config.get("algorithm_type", "")).startswith("sde")
-    )
+    """Whether sampling draws noise at each step (then images depend on the pipeline call's rng): a DDPM-like
+    scheduler (any stage's), DDIM with eta > 0, an SDE solver, or the pipeline's own draws (UniDiffuser's data-free
+    guidance)."""
+    if getattr(pipe, "draws_noise_every_step", False):
+        return True
+    for scheduler in _schedulers(pipe).values():
+        name, config = type(scheduler).__name__, getattr(scheduler, "config", {})
+        if (name in _STOCHASTIC_SCHEDULERS or (name == "DDIMScheduler" and float(call.get("eta", 0.0)) > 0)
+                or str(config.get("algorithm_type", "")).startswith("sde")):
+            return True
+    return False
+
+
+def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any = None) -> Any:
+    """The text-to-image pipeline ``jaxgen batch`` runs for a checkpoint (repo id or folder): the one
+    ``AutoPipelineForText2Image`` loads (Kandinsky and Würstchen decoders: prior + decoder, the prior from
+    ``prior`` or the one the decoder's README.md names), or a family's own (UniDiffuser), in ``dtype``."""
+    from jaxgen import registry
+    from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
+
+    class_name = checkpoint_class_name(model)
+    target = registry.command_line_pipeline("text-to-image", class_name)
+    if target is None:
+        raise ValueError(f"--model {model}: jaxgen has no text-to-image pipeline for {class_name!r}")
+    cls = registry.pipeline_class(target)
+    if prior is not None and not hasattr(cls, "_prior_class"):
+        raise ValueError(f"--prior-model: {target} (for --model {model}) has no prior")
+    return cls.from_pretrained(model, dtype=dtype, **({} if prior is None else {"prior": prior}))
+
+
+def _call_arguments(pipe: Any, call: Mapping[str, Any]) -> dict:
+    """``call`` as this pipeline names it (a combined Würstchen's guidance is its decoder's); an argument it does not
+    take is refused before anything runs."""
+    takes = inspect.signature(pipe.__call__).parameters
+    call = dict(call)
+    if "guidance_scale" in call and "guidance_scale" not in takes and "decoder_guidance_scale" in takes:
+        call["decoder_guidance_scale"] = call.pop("guidance_scale")
+    unknown = sorted(k for k in call if k not in takes or takes[k].kind is inspect.Parameter.VAR_KEYWORD)
+    if unknown:
+        raise TypeError(f"{type(pipe).__name__} does not take {unknown}")
+    return call
 
 
 # --------------------------------------------------------------------------- the run
@@ -440,18 +379,21 @@ def generate_batch(
     show_progress: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    prior: Any = None,
     **call_kwargs: Any,
 ) -> BatchSummary:
     """Generate an image set into ``out_dir``; rerun the same call to resume after a crash.
 
-    ``pipe_or_model``: a loaded pipeline, or a repo id / folder (loaded with
-    ``AutoPipelineForText2Image`` in ``dtype``). ``prompts``: a .txt or .jsonl path, or a list of
-    strings / dicts (see ``read_prompts``); prompts are read and checked before any model loads.
-    ``batch_size`` prompts go into each pipeline call; ``seed`` is the base seed;
-    ``negative_prompt`` applies to the jobs that do not give their own; ``call_kwargs`` go to every
-    pipeline call (``num_inference_steps``, ``guidance_scale``, ``height``, ``width``,
-    ``use_resolution_binning``, ...). ``process_index``/``process_count`` default to JAX's; pass
-    them to split a set over independent runs. Returns a ``BatchSummary`` for this process.
+    ``pipe_or_model``: a loaded pipeline, or a repo id / folder (loaded by ``load_pipeline`` in
+    ``dtype``; ``prior``: a Kandinsky or Würstchen decoder's prior, a repo id, folder or loaded prior
+    pipeline). ``prompts``: a .txt or .jsonl path, or a list of strings / dicts (see
+    ``read_prompts``); prompts are read and checked before any model loads. ``batch_size`` prompts go
+    into each pipeline call; ``seed`` is the base seed; ``negative_prompt`` applies to the jobs that do
+    not give their own; ``call_kwargs`` go to every pipeline call (``num_inference_steps``,
+    ``guidance_scale``, ``height``, ``width``, ``use_resolution_binning``, ``prior_num_inference_steps``,
+    ...; one the pipeline does not take is a TypeError before anything runs).
+    ``process_index``/``process_count`` default to JAX's; pass them to split a set over independent
+    runs. Returns a ``BatchSummary`` for this process.
     """
     reserved = sorted(set(call_kwargs) & set(_RESERVED))
     if reserved:
@@ -472,30 +414,29 @@ def generate_batch(
 
     model = None
     if isinstance(pipe_or_model, (str, os.PathLike)):
-        from jaxgen.pipelines.auto_pipeline import AutoPipelineForText2Image
-
         model = os.fspath(pipe_or_model)
-        pipe = AutoPipelineForText2Image.from_pretrained(model, dtype=dtype)
+        pipe = load_pipeline(model, dtype, prior)
     else:
         pipe = pipe_or_model
+    call_kwargs = _call_arguments(pipe, call_kwargs)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_suffix = f".tmp-p{process_index}"
-    lock = _lock(out_dir, process_index)
+    held = lock_folder(out_dir, process_index)
     manifest = None
     try:
         # left by a run that died mid-write; a single process owns them all (an earlier run may have had more)
         for stale in out_dir.glob(".*.tmp-p*" if process_count == 1 else f".*{tmp_suffix}"):
             stale.unlink()
         name = "manifest.jsonl" if process_count == 1 else f"manifest-{process_index}.jsonl"
-        manifest = _Manifest(out_dir / name, tmp_suffix)
+        manifest = Manifest(out_dir / name, tmp_suffix)
         return _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_images_per_prompt,
                     negative_prompt, show_progress, process_index, process_count, call_kwargs)
     finally:
         if manifest is not None:
             manifest.close()
-        if lock is not None:
-            lock.close()
+        if held is not None:
+            held.close()
 
 
 def _file_name(job: Job, k: int, num_images: int) -> str:
@@ -507,14 +448,18 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
          process_index, process_count, call) -> BatchSummary:
     from tqdm.auto import tqdm
 
-    binning = call.get("use_resolution_binning", True)
-    layout = _latent_layout(pipe, call.get("height"), call.get("width"), binning)
-    latent_shape, height, width = layout[:3]
-    call = {**call, "height": height, "width": width}
+    per_image_noise = hasattr(pipe, "generation_size")  # one latent tensor: given per image (PixArt)
+    layout = None
+    if per_image_noise:
+        layout = _latent_layout(pipe, call.get("height"), call.get("width"), call.get("use_resolution_binning", True))
+        call = {**call, "height": layout[1], "width": layout[2]}
     settings = _settings(pipe, model, call, num_images, layout)
-    if batch_size > 1 and _stochastic(pipe, call):
-        logger.warning("the sampler adds noise at every step, drawn per batch: images depend on their batch; "
-                       "use batch_size=1 to make each image depend only on its own seed")
+    calls = max(1, min(batch_size, len(jobs)))  # the batch shape of every call
+    by_group = calls > 1 and (not per_image_noise or _stochastic(pipe, call))
+    if by_group:
+        logger.warning("%s draws its noise per pipeline call: each image depends on the prompts it is batched with"
+                       " (recorded as \"call\" in its metadata); use batch_size=1 to make each image depend only on its"
+                       " own seed", type(pipe).__name__)
 
     files = {}
     for job in jobs:
@@ -525,7 +470,7 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
             files[file] = job.id
 
     # finished: recorded with a valid file; or valid, matching and renamed into place but not yet recorded
-    recorded = _finished(out_dir)
+    recorded = finished(out_dir)
     pending: list[tuple[Job, list[int]]] = []
     skipped = 0
     for job in jobs:
@@ -533,7 +478,7 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
         for k in range(num_images):
             record, file = _record(job, k, settings, negative_prompt), _file_name(job, k, num_images)
             path = out_dir / file
-            params = _png_parameters(path) if path.exists() else None
+            params = png_parameters(path) if path.exists() else None
             if params is None:  # missing or corrupt: (re)generate
                 todo.append(k)
                 continue
@@ -553,7 +498,6 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
             pending.append((job, todo))
 
     total = len(jobs) * num_images
-    calls = max(1, min(batch_size, len(jobs)))  # the batch shape of every call
     generated = 0
     start = time.perf_counter()
     old_bar_config = pipe.progress_bar_config
@@ -564,17 +508,22 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
         for first in range(0, len(pending), calls):
             group = pending[first : first + calls]
             padded = [job for job, _ in group] + [group[-1][0]] * (calls - len(group))
-            seeds = jnp.asarray([job.seed for job in padded], jnp.uint32)
-            latents = initial_noise(seeds, images_per_seed=num_images, shape=latent_shape)
+            noise = {}
+            if per_image_noise:
+                seeds = jnp.asarray([job.seed for job in padded], jnp.uint32)
+                noise["latents"] = initial_noise(seeds, images_per_seed=num_images, shape=layout[0])
             negatives = [_negative(job, negative_prompt) for job in padded]
             images = pipe(
                 [job.prompt for job in padded], negative_prompt=negatives, num_images_per_prompt=num_images,
-                latents=latents, rng=padded[0].seed, output_type="pil", **call,
+                rng=padded[0].seed, output_type="pil", **noise, **call,
             ).images
+            # the call an image came from, when it depends on it: pipe(prompts of ids, rng=seed, **settings)[row]
+            origin = {"call": {"seed": padded[0].seed, "ids": [job.id for job in padded]}} if by_group else {}
             for b, (job, todo) in enumerate(group):
                 for k in todo:
                     record, file = _record(job, k, settings, negative_prompt), _file_name(job, k, num_images)
-                    _write_atomic(out_dir / file, _png_bytes(images[b * num_images + k], record), tmp_suffix)
+                    record = {**record, **origin}
+                    write_atomic(out_dir / file, png_bytes(images[b * num_images + k], record), tmp_suffix)
                     manifest.append({**record, "file": file})
                     generated += 1
                     bar.update(1)
@@ -587,4 +536,4 @@ def _run(pipe, model, jobs, out_dir, manifest, tmp_suffix, batch_size, num_image
 
 def read_manifest(out_dir: str | os.PathLike) -> list[dict]:
     """The finished images of a batch folder: the last manifest entry per (id, image), over every process."""
-    return list(_finished(Path(out_dir)).values())
+    return list(finished(Path(out_dir)).values())

@@ -60,9 +60,11 @@ def _call_options(args: argparse.Namespace, takes: Any) -> dict:
             call[name] = value
     if args.no_resolution_binning:
         call["use_resolution_binning"] = False
-    for name, path in (("image", args.image), ("hint", args.hint)):  # image files, given as PIL images
-        if path is not None:
-            call[name] = PIL.Image.open(path).convert("RGB")
+    if args.mask is not None and args.image is None:
+        raise ValueError("--mask needs --image (inpainting repaints the masked part of that image)")
+    for name, path, mode in (("image", args.image, "RGB"), ("hint", args.hint, "RGB"), ("mask_image", args.mask, "L")):
+        if path is not None:  # image files, given as PIL images
+            call[name] = PIL.Image.open(path).convert(mode)
     if args.strength is not None:
         call["strength"] = args.strength
     unknown = sorted(k for k in call if takes is not None and k not in takes)
@@ -83,11 +85,8 @@ def _generate_class(args: argparse.Namespace, class_name: str) -> type:
     diffusers' Auto tables (UniDiffuser), the checkpoint's own pipeline."""
     from jaxgen import registry
 
-    task = "image-to-image" if args.image is not None else "text-to-image"
-    family = registry.family_of(class_name)
-    target = registry.task_pipeline(task, class_name)
-    if target is None and task == "text-to-image" and family is not None and not family.tasks:
-        target = class_name
+    task = "inpainting" if args.mask is not None else "image-to-image" if args.image is not None else "text-to-image"
+    target = registry.command_line_pipeline(task, class_name)
     if target is None:
         raise ValueError(f"--model {args.model}: jaxgen has no {task} pipeline for {class_name!r}")
     return registry.pipeline_class(target)
@@ -159,15 +158,17 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    import jax
     import jax.numpy as jnp
 
     from jaxgen.batch import generate_batch, read_prompts
+    from jaxgen.pipelines.combined import prior_options
 
     read_prompts(args.prompts, seed=args.seed)  # a bad prompts file or --out fails before anything loads
     _check_out(args.out, folder=True)
     if args.distributed:
-        jax.distributed.initialize()
+        _join_processes(args)
+    elif any(v is not None for v in (args.coordinator_address, args.num_processes, args.process_id)):
+        raise ValueError("--coordinator-address, --num-processes and --process-id need --distributed")
     call = {}
     for name, value in (("num_inference_steps", args.steps), ("height", args.height), ("width", args.width),
                         ("guidance_scale", args.guidance)):
@@ -179,7 +180,8 @@ def _batch(args: argparse.Namespace) -> int:
     summary = generate_batch(
         args.model, args.prompts, args.out, batch_size=args.batch_size, seed=args.seed,
         num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt, dtype=dtype,
-        show_progress=not args.no_progress, process_index=args.process_index, process_count=args.process_count, **call,
+        show_progress=not args.no_progress, process_index=args.process_index, process_count=args.process_count,
+        prior=args.prior_model, **call, **prior_options(args),
     )
     print(
         f"{summary.generated} images generated, {summary.skipped} already done, {summary.images} in all"
@@ -187,6 +189,16 @@ def _batch(args: argparse.Namespace) -> int:
         f" manifest: {summary.manifest}"
     )
     return 0
+
+
+def _join_processes(args: argparse.Namespace) -> None:
+    """``jax.distributed.initialize`` from the flags, or from JAX's environment (TPU pods, SLURM, ...) where they are
+    not given; on CPU hosts the processes exchange arrays over gloo."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only: accelerators use their own
+    jax.distributed.initialize(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                               process_id=args.process_id)
 
 
 def _sampling_args(parser: argparse.ArgumentParser) -> None:
@@ -205,6 +217,16 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
 
 
+def _prior_args(parser: argparse.ArgumentParser) -> None:
+    """The prior's options (`generate` and `batch`)."""
+    prior = parser.add_argument_group("prior (when --model is a Kandinsky or Würstchen decoder)")
+    prior.add_argument("--prior-model", default=None,
+                       help="the prior's repo or folder (default: the one the decoder's README.md names)")
+    prior.add_argument("--prior-steps", type=int, default=None,
+                       help="the prior's denoising steps (default: Kandinsky 25, Würstchen 60)")
+    prior.add_argument("--prior-guidance", type=float, default=None, help="the prior's guidance scale (default 4)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxgen", description="diffusers' text-to-image pipelines in JAX")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,14 +241,10 @@ def _parser() -> argparse.ArgumentParser:
     cascade.add_argument("--stage3-model", default="stabilityai/stable-diffusion-x4-upscaler")
     cascade.add_argument("--noise-level", type=int, default=100, help="stage III's noise level (default 100)")
     cascade.add_argument("--save-stages", action="store_true", help="also write each earlier stage's images (-stage1, -stage2)")
-    prior = gen.add_argument_group("prior (when --model is a Kandinsky or Würstchen decoder)")
-    prior.add_argument("--prior-model", default=None,
-                       help="the prior's repo or folder (default: the one the decoder's README.md names)")
-    prior.add_argument("--prior-steps", type=int, default=None,
-                       help="the prior's denoising steps (default: Kandinsky 25, Würstchen 60)")
-    prior.add_argument("--prior-guidance", type=float, default=None, help="the prior's guidance scale (default 4)")
+    _prior_args(gen)
     inputs = gen.add_argument_group("image inputs (pipelines that take them)")
     inputs.add_argument("--image", default=None, help="image file: image to image from it")
+    inputs.add_argument("--mask", default=None, help="with --image: inpainting; the mask image file (white: repaint)")
     inputs.add_argument("--strength", type=float, default=None, help="image to image: how much to change (0-1)")
     inputs.add_argument("--hint", default=None, help="Kandinsky 2.2 ControlNet: the hint image (a depth map)")
 
@@ -252,11 +270,16 @@ def _parser() -> argparse.ArgumentParser:
                        help=".txt (one prompt per line) or .jsonl ({\"prompt\", optional \"seed\", \"negative_prompt\", \"id\"})")
     batch.add_argument("--out", required=True, help="output folder")
     _sampling_args(batch)
+    _prior_args(batch)
     batch.add_argument("--batch-size", type=int, default=8, help="prompts per pipeline call (default 8)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() first (multi-host: each process takes every "
                        "process_count-th prompt and writes manifest-<process_index>.jsonl)")
+    batch.add_argument("--coordinator-address", default=None,
+                       help="with --distributed: process 0's host:port (default: from JAX's environment)")
+    batch.add_argument("--num-processes", type=int, default=None, help="with --distributed: how many processes")
+    batch.add_argument("--process-id", type=int, default=None, help="with --distributed: this process's id")
     batch.add_argument("--process-index", type=int, default=None,
                        help="split the set over independent runs by hand: this run's index (default: JAX's)")
     batch.add_argument("--process-count", type=int, default=None, help="number of runs sharing the set (default: JAX's)")

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "Family", "FAMILIES", "PIPELINES", "MODELS", "SCHEDULERS", "TASKS", "load", "pipeline_class",
-    "family_of", "task_pipeline",
+    "family_of", "task_pipeline", "command_line_pipeline",
 ]
 
 TASKS = ("text-to-image", "image-to-image", "inpainting")
@@ -227,3 +227,14 @@ def task_pipeline(task: str, class_name: str) -> str | None:
         if target is not None:
             return target
     return None
+
+
+def command_line_pipeline(task: str, class_name: str) -> str | None:
+    """The pipeline ``jaxgen generate`` and ``jaxgen batch`` run for ``task`` on a checkpoint whose model_index.json
+    names ``class_name``: the Auto pipelines' (``task_pipeline``), or, for a family outside diffusers' Auto tables
+    (no ``tasks``: UniDiffuser), the checkpoint's own pipeline for text to image; None when there is none."""
+    target = task_pipeline(task, class_name)
+    family = family_of(class_name)
+    if target is None and task == "text-to-image" and family is not None and not family.tasks:
+        target = class_name
+    return target

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 # Before anything imports jax: the suite (and CI) runs on 8 CPU devices, so that sharding and
@@ -50,6 +51,18 @@ def one_device(monkeypatch):
 
     local = jax.local_devices
     monkeypatch.setattr(jax, "local_devices", lambda *args, **kwargs: local(*args, **kwargs)[:1])
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """diffusers' beam search and tiny models run many small forwards: on a busy 2-core machine torch's thread pool
+    makes them much slower than one thread. Use as ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def rel_l2(a, b) -> float:
@@ -204,7 +217,15 @@ def make_xlm_roberta_tokenizer(folder: Path):
 @pytest.fixture(scope="session")
 def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     """Hub id -> the folder of a tiny model standing in for it: one of every family's checkpoints (the README
-    examples run on them; test_bad_input.py loads every pipeline from them)."""
+    examples and the notebooks run on them; test_bad_input.py loads every pipeline from them)."""
+    return build_tiny_hub(tmp_path_factory.mktemp("tiny_hub"))
+
+
+def build_tiny_hub(root: Path, only=None) -> dict[str, Path]:
+    """Build tiny random-weight stand-ins of every family's Hub checkpoints under ``root`` (diffusers'
+    ``save_pretrained`` layout); returns Hub id -> folder. ``only``: Hub ids to build (default all); a checkpoint
+    built together with others (Kandinsky's prior and decoders, Würstchen's prior and decoder) brings them along,
+    and they are returned too (docs/examples/tiny_models.py builds one family at a time this way)."""
     from tests.test_deepfloyd_if import _build as build_if
     from tests.test_stable_diffusion_upscale import build_tiny_upscale
 
@@ -214,7 +235,7 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
     from tests.test_unidiffuser import build_tiny_unidiffuser
     from tests.test_wuerstchen import build_tiny_wuerstchen
 
-    root = tmp_path_factory.mktemp("tiny_hub")
+    root = Path(root)
     geometry = dict(patch_size=8, vae_levels=4, vae_channels=(4, 8, 8, 8), vae_mid_attention=False)
     models = {
         "PixArt-alpha/PixArt-XL-2-1024-MS": lambda f: build_tiny_pixart(f, sample_size=128, seed=20, **geometry),
@@ -223,22 +244,51 @@ def tiny_hub(tmp_path_factory) -> dict[str, Path]:
         "DeepFloyd/IF-II-L-v1.0": lambda f: build_if(f, stage2=True, seed=50),
         "stabilityai/stable-diffusion-x4-upscaler": build_tiny_upscale,
     }
+
+    def kandinsky() -> dict[str, Path]:  # a MoVQ of 4 levels (8x, as the real one), so that 512 px is 64 x 64 latents
+        built, _ = build_tiny_kandinsky(root / "kandinsky", movq_levels=4)
+        return {f"kandinsky-community/{repo}": built[name] for name, repo in (
+            ("prior", "kandinsky-2-1-prior"), ("decoder", "kandinsky-2-1"), ("inpaint", "kandinsky-2-1-inpaint"))}
+
+    def kandinsky22() -> dict[str, Path]:
+        built, _ = build_tiny_kandinsky22(root / "kandinsky22", movq_levels=4)
+        return {f"kandinsky-community/{repo}": built[name] for name, repo in (
+            ("prior", "kandinsky-2-2-prior"), ("decoder", "kandinsky-2-2-decoder"),
+            ("inpaint", "kandinsky-2-2-decoder-inpaint"), ("controlnet", "kandinsky-2-2-controlnet-depth"))}
+
+    def kandinsky3() -> dict[str, Path]:
+        build_tiny_kandinsky3(root / "kandinsky3", movq_levels=4, unet_levels=4)
+        return {"kandinsky-community/kandinsky-3": root / "kandinsky3"}
+
+    def wuerstchen() -> dict[str, Path]:  # the real sizes: 42.67 and 10.67 px per pixel
+        built, _ = build_tiny_wuerstchen(root / "wuerstchen")
+        return {"warp-ai/wuerstchen-prior": built["prior"], "warp-ai/wuerstchen": built["decoder"]}
+
+    def unidiffuser() -> dict[str, Path]:  # its own 16 px: the README names no size
+        build_tiny_unidiffuser(root / "unidiffuser")
+        return {"thu-ml/unidiffuser-v1": root / "unidiffuser"}
+
+    def one(repo: str, build) -> dict[str, Path]:
+        build(root / repo.replace("/", "__"))
+        return {repo: root / repo.replace("/", "__")}
+
+    groups = {(repo,): functools.partial(one, repo, build) for repo, build in models.items()}
+    groups.update({
+        ("kandinsky-community/kandinsky-2-1-prior", "kandinsky-community/kandinsky-2-1",
+         "kandinsky-community/kandinsky-2-1-inpaint"): kandinsky,
+        ("kandinsky-community/kandinsky-2-2-prior", "kandinsky-community/kandinsky-2-2-decoder",
+         "kandinsky-community/kandinsky-2-2-decoder-inpaint", "kandinsky-community/kandinsky-2-2-controlnet-depth"):
+            kandinsky22,
+        ("kandinsky-community/kandinsky-3",): kandinsky3,
+        ("warp-ai/wuerstchen-prior", "warp-ai/wuerstchen"): wuerstchen,
+        ("thu-ml/unidiffuser-v1",): unidiffuser,
+    })
+    wanted = None if only is None else {only} if isinstance(only, str) else set(only)
+    unknown = set() if wanted is None else wanted - {repo for repos in groups for repo in repos}
+    if unknown:
+        raise KeyError(f"no tiny stand-in for {sorted(unknown)}")
     folders = {}
-    for repo, build in models.items():
-        folders[repo] = root / repo.replace("/", "__")
-        build(folders[repo])
-    # Kandinsky 2.1: a MoVQ of 4 levels (8x, as the real one), so that 512 px is 64 x 64 latents
-    kandinsky, _ = build_tiny_kandinsky(root / "kandinsky", movq_levels=4)
-    for name, repo in (("prior", "kandinsky-2-1-prior"), ("decoder", "kandinsky-2-1"), ("inpaint", "kandinsky-2-1-inpaint")):
-        folders[f"kandinsky-community/{repo}"] = kandinsky[name]
-    kandinsky22, _ = build_tiny_kandinsky22(root / "kandinsky22", movq_levels=4)
-    for name, repo in (("prior", "kandinsky-2-2-prior"), ("decoder", "kandinsky-2-2-decoder"),
-                       ("inpaint", "kandinsky-2-2-decoder-inpaint"), ("controlnet", "kandinsky-2-2-controlnet-depth")):
-        folders[f"kandinsky-community/{repo}"] = kandinsky22[name]
-    folders["kandinsky-community/kandinsky-3"] = root / "kandinsky3"
-    build_tiny_kandinsky3(folders["kandinsky-community/kandinsky-3"], movq_levels=4, unet_levels=4)
-    wuerstchen, _ = build_tiny_wuerstchen(root / "wuerstchen")  # the real sizes: 42.67 and 10.67 px per pixel
-    folders["warp-ai/wuerstchen-prior"], folders["warp-ai/wuerstchen"] = wuerstchen["prior"], wuerstchen["decoder"]
-    folders["thu-ml/unidiffuser-v1"] = root / "unidiffuser"  # its own 16 px: the README names no size
-    build_tiny_unidiffuser(folders["thu-ml/unidiffuser-v1"])
+    for repos, build in groups.items():
+        if wanted is None or wanted & set(repos):
+            folders.update(build())
     return folders

@@ -38,6 +38,17 @@ CHECKPOINTS = {
     "UniDiffuserPipeline": "thu-ml/unidiffuser-v1",
 }
 
+# combined pipeline -> (its prior pipeline, its decoder pipeline), both among CHECKPOINTS
+COMBINED = {
+    "KandinskyCombinedPipeline": ("KandinskyPriorPipeline", "KandinskyPipeline"),
+    "KandinskyImg2ImgCombinedPipeline": ("KandinskyPriorPipeline", "KandinskyImg2ImgPipeline"),
+    "KandinskyInpaintCombinedPipeline": ("KandinskyPriorPipeline", "KandinskyInpaintPipeline"),
+    "KandinskyV22CombinedPipeline": ("KandinskyV22PriorPipeline", "KandinskyV22Pipeline"),
+    "KandinskyV22Img2ImgCombinedPipeline": ("KandinskyV22PriorPipeline", "KandinskyV22Img2ImgPipeline"),
+    "KandinskyV22InpaintCombinedPipeline": ("KandinskyV22PriorPipeline", "KandinskyV22InpaintPipeline"),
+    "WuerstchenCombinedPipeline": ("WuerstchenPriorPipeline", "WuerstchenDecoderPipeline"),
+}
+
 NAN = float("nan")
 # (case, the arguments that make it bad, the exception, the argument its message must name)
 CASES = [
@@ -84,12 +95,17 @@ def pipelines(tiny_hub) -> dict:
         else:
             loaded[name] = by_folder[repo] = cls.from_pretrained(tiny_hub[repo])
         loaded[name].set_progress_bar_config(disable=True)
+    for name, (prior, decoder) in COMBINED.items():  # the two pipelines' components, nothing reloaded
+        loaded[name] = registry.pipeline_class(name).from_pipes(loaded[prior], loaded[decoder])
     return loaded
 
 
 def _valid_call(pipe) -> dict:
     """A call that would run: a prompt (or placeholder embeddings) and placeholder images, as ``warmup`` makes."""
     takes = inspect.signature(pipe.__call__).parameters
+    if hasattr(pipe, "decoder_pipe"):  # a combined pipeline: a prompt, and the decoder's images (not its embeddings)
+        images = pipe.decoder_pipe._placeholder_images(1, None, None, {})
+        return {"prompt": "a cat", **{k: v for k, v in images.items() if k in takes}}
     call = {"prompt": "a cat"} if "prompt" in takes and pipe._can_encode_text() else {}
     if not call:
         call.update(pipe._placeholder_embeds(1, True, call))
@@ -99,10 +115,10 @@ def _valid_call(pipe) -> dict:
 
 
 def test_every_pipeline_is_covered():
-    assert set(CHECKPOINTS) >= {n for n in registry.PIPELINES if "Combined" not in n} - {"IFSafetyChecker"}
+    assert set(CHECKPOINTS) | set(COMBINED) == set(registry.PIPELINES)
 
 
-@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS) + sorted(COMBINED))
 def test_bad_input_is_refused_before_encoding_or_compiling(pipelines, name, monkeypatch):
     pipe = pipelines[name]
     takes = set(inspect.signature(pipe.__call__).parameters)

@@ -212,7 +212,7 @@ def test_resume_after_crashes_at_every_point(pipe, tmp_path):
         generate_batch(pipe, PROMPTS, out, batch_size=3, seed=1, **CALL)
     assert generate_batch(pipe, PROMPTS, out, batch_size=3, **CALL).generated == 0
     # two runs never write one folder at once
-    from jaxgen.batch import _lock
+    from jaxgen.batch_files import lock_folder as _lock
 
     held = _lock(out, 0)
     try:
@@ -285,3 +285,17 @@ def test_killed_run_resumes_and_writes_each_image_once(tiny_pixart, tmp_path):
         assert _pixels(out / name).shape == (16, 16, 3)  # loads: none corrupt
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
     assert f"{12 - len(before)} images generated, {len(before)} already done" in output
+
+
+def test_arguments_the_pipeline_does_not_take_fail_first(pipe, tiny_pixart, tmp_path):
+    from jaxgen.batch import load_pipeline
+
+    with pytest.raises(TypeError, match=r"PixArtAlphaPipeline does not take \['prior_num_inference_steps'\]"):
+        generate_batch(pipe, ["a cat"], tmp_path / "out", prior_num_inference_steps=2, **CALL)
+    assert not (tmp_path / "out").exists()  # nothing written
+    with pytest.raises(ValueError, match="--prior-model: PixArtAlphaPipeline .* has no prior"):
+        load_pipeline(tiny_pixart[0], prior="somewhere")
+    flags = ["batch", "--model", str(tiny_pixart[0]), "--prompts", str(_write_txt(tmp_path, PROMPTS[:1])),
+             "--out", str(tmp_path / "cli")]
+    assert main([*flags, "--num-processes", "2"]) == 2  # the multi-host flags need --distributed
+    assert main([*flags, "--prior-steps", "2", "--steps", "2"]) == 2  # PixArt has no prior

@@ -285,7 +285,7 @@ def test_auto_pipelines_map_kandinsky22_as_diffusers(k22):
         jaxgen.AutoPipelineForText2Image.pipeline_class_for(folders["controlnet"])
 
 
-def test_cli_runs_the_controlnet_with_a_hint_and_img2img(k22, tmp_path, one_device):
+def test_cli_runs_the_controlnet_with_a_hint_img2img_and_inpainting(k22, tmp_path, one_device):
     from jaxgen.cli import main
 
     folders, _, _ = k22
@@ -302,6 +302,13 @@ def test_cli_runs_the_controlnet_with_a_hint_and_img2img(k22, tmp_path, one_devi
     assert main(["generate", "a cat", "--model", str(folders["decoder"]), "--image", str(image), "--strength", "0.5",
                  "--out", str(out), *base]) == 0
     assert PIL.Image.open(out).size == (SIZE, SIZE)
+    mask = tmp_path / "mask.png"
+    PIL.Image.fromarray(np.tile((np.arange(SIZE) < SIZE // 2).astype(np.uint8) * 255, (SIZE, 1))).save(mask)
+    out = tmp_path / "m.png"  # inpainting: the Auto pipeline's prior + inpainting decoder
+    assert main(["generate", "a hat", "--model", str(folders["inpaint"]), "--image", str(image), "--mask", str(mask),
+                 "--out", str(out), *base]) == 0
+    assert PIL.Image.open(out).size == (SIZE, SIZE)
+    assert main(["generate", "a hat", "--model", str(folders["inpaint"]), "--mask", str(mask), *base]) == 2
 
 
 def test_warmup_compiles_what_the_controlnet_call_runs(k22):

@@ -26,6 +26,8 @@ from jaxgen.pipelines.unidiffuser import UniDiffuserPipeline
 from tests.conftest import count_compiles, make_clip_tokenizer, nhwc_to_nchw, perturb_, rel_l2
 from tests.test_unidiffuser_text_decoder import _save as save_decoder
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL = 1e-4
 STEPS = 20  # as the README example: the same compiled loops (the step count sets their shapes)
 SEQ, HIDDEN, CLIP_DIM, SIDE = 5, 16, 12, 8  # text tokens and CLIP width; CLIP image embedding; latent side
@@ -82,15 +84,6 @@ def build_tiny_unidiffuser(folder):
     index["text_decoder"] = ["unidiffuser", "UniDiffuserTextDecoder"]
     (folder / "model_index.json").write_text(json.dumps(index))
     return pipe
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """diffusers' beam search runs many tiny forwards: one torch thread is much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,8 @@ from jaxgen.models.unidiffuser_text_decoder import (
 )
 from tests.conftest import REAL_CONFIGS, count_compiles, perturb_, rel_l2
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TOL = 1e-5
 WTE = "transformer.transformer.wte.weight"
 LM_HEAD = "transformer.lm_head.weight"
@@ -36,16 +38,6 @@ def _save(model: torch.nn.Module, folder, drop: tuple[str, ...] = (), extra: dic
     model.save_config(folder)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in drop}
     save_file({**state, **(extra or {})}, str(folder / "diffusion_pytorch_model.safetensors"))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """diffusers' beam search runs 67 tiny forwards per row: on a busy 2-core machine torch's thread pool makes
-    that 40x slower than one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

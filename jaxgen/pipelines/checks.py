@@ -20,7 +20,7 @@ import PIL.Image
 from jaxgen.image_processing import OUTPUT_TYPES
 
 __all__ = [
-    "check_call_kwargs", "check_run_options", "check_embeddings_output_type", "check_prompt_arguments",
+    "check_call_kwargs", "check_images_fit", "check_run_options", "check_embeddings_output_type", "check_prompt_arguments",
     "prompt_batch_size", "negative_prompts", "check_strength", "check_size", "image_batch_size",
     "check_image_argument", "check_mask_argument", "check_latents", "check_finite", "check_timesteps",
     "check_fits", "host_memory_bytes", "check_max_sequence_length", "check_rng", "check_named_arguments",
@@ -87,6 +87,11 @@ def check_fits(what: str, nbytes: int, arguments: str) -> None:
     if memory is not None and nbytes > memory:
         raise ValueError(f"{arguments} ask for {what} of {nbytes / 2**30:,.1f} GiB, more than this machine's"
                          f" {memory / 2**30:,.1f} GiB of memory")
+
+
+def check_images_fit(count: int, height: int, width: int, arguments: str) -> None:
+    """Refuse a call whose ``count`` float32 RGB images of ``height`` x ``width`` alone exceed this machine's memory."""
+    check_fits(f"{count} float32 images", count * height * width * 3 * 4, arguments)
 
 
 def check_run_options(
@@ -157,8 +162,9 @@ def check_named_arguments(arguments: Mapping[str, Any]) -> None:
     prompt, negative = arguments.get("prompt"), arguments.get("negative_prompt")
     _check_texts("prompt", prompt)
     _check_texts("negative_prompt", negative)
-    if isinstance(negative, list) and isinstance(prompt, (str, list)):
-        negative_prompts(negative, prompt, 1 if isinstance(prompt, str) else len(prompt))
+    embeds = arguments.get("prompt_embeds")
+    if isinstance(negative, list) and (isinstance(prompt, (str, list)) or np.ndim(embeds) == 3):
+        negative_prompts(negative, prompt, prompt_batch_size(prompt, embeds))  # diffusers: only after encoding
     options = {k: arguments[k] for k in ("callback", "eta") if arguments.get(k) is not None}
     if options:
         check_run_options(**options)
@@ -189,17 +195,12 @@ def check_prompt_arguments(prompt, callback_steps, negative_prompt, prompt_embed
         raise ValueError(
             "Provide either `prompt` or `prompt_embeds`. Cannot leave both `prompt` and `prompt_embeds` undefined."
         )
-    if prompt is not None and not isinstance(prompt, (str, list)):
-        raise ValueError(f"`prompt` has to be of type `str` or `list` but is {type(prompt)}")
-    _check_texts("prompt", prompt)
-    _check_texts("negative_prompt", negative_prompt)
+    # the prompts' types and a negative-prompt list's length: checked by name as the call began (check_named_arguments)
     if negative_prompt is not None and negative_prompt_embeds is not None:
         raise ValueError(
             f"Cannot forward both `negative_prompt`: {negative_prompt} and `negative_prompt_embeds`:"
             f" {negative_prompt_embeds}. Please make sure to only forward one of the two."
         )
-    if isinstance(negative_prompt, list):  # diffusers checks this only after encoding the prompt
-        negative_prompts(negative_prompt, prompt, prompt_batch_size(prompt, prompt_embeds))
     for name, embeds in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
         if embeds is None:
             continue
@@ -325,6 +326,8 @@ def checking_named_arguments(call: Any) -> Any:
 
     @functools.wraps(call)
     def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "generator" in kwargs:  # torch's: named even where the call takes no **kwargs
+            check_call_kwargs(type(self).__name__, {"generator": kwargs["generator"]})
         try:
             named = signature.bind_partial(self, *args, **kwargs).arguments
         except TypeError:  # a wrong call: Python's own error, from the call itself

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 from jaxgen import hub
+from jaxgen.pipelines import checks
 
 __all__ = ["PriorDecoderPipeline", "connected_prior", "prior_options", "run_combined", "PRIOR"]
 
@@ -53,6 +54,8 @@ class PriorDecoderPipeline:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__call__" in cls.__dict__:  # as every pipeline's: the arguments named alike checked first
+            cls.__call__ = checks.checking_named_arguments(cls.__dict__["__call__"])
         if not (hasattr(cls, "_prior_class") and hasattr(cls, "_decoder_class")):
             return  # an intermediate base (Kandinsky's), its subclasses name the two
         # diffusers' component names: the decoder's, then the prior's with the prefix
@@ -105,6 +108,11 @@ class PriorDecoderPipeline:
         """The progress bar options of both pipelines."""
         self.prior_pipe.set_progress_bar_config(**kwargs)
         self.decoder_pipe.set_progress_bar_config(**kwargs)
+
+    @property
+    def progress_bar_config(self) -> dict[str, Any]:
+        """The progress bar options (``set_progress_bar_config`` sets both pipelines'; the decoder's, a copy)."""
+        return self.decoder_pipe.progress_bar_config
 
     def warmup(self, height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
                batch_size: int = 1, prior_num_inference_steps: int | None = None, **kwargs: Any) -> float:

@@ -278,8 +278,9 @@ class DiffusionPipeline:
         """The checks every ``__call__`` shares, before anything is encoded or compiled: ``kwargs`` left
         over (``generator`` points to ``rng``; others are unexpected) and the run options
         (``num_images_per_prompt``, ``guidance_scale``, ``output_type``, ``num_inference_steps`` (also against
-        the scheduler's training timesteps), ``timesteps``, ``sigmas``, ``cross_attention_kwargs``, ``eta``,
-        ``callback``: see ``checks.check_run_options``)."""
+        the scheduler's training timesteps), ``timesteps``, ``sigmas``, ``cross_attention_kwargs``: see
+        ``checks.check_run_options``). ``rng``, ``eta``, ``callback`` and the prompts' types were checked by name
+        when the call began (``checks.check_named_arguments``)."""
         checks.check_call_kwargs(type(self).__name__, kwargs)
         checks.check_run_options(**options)
         checks.check_schedule_options(getattr(self, "scheduler", None), **options)
@@ -303,8 +304,8 @@ class DiffusionPipeline:
         prompts = checks.prompt_batch_size(prompt, prompt_embeds)
         total = prompts * num_images_per_prompt
         if image_size is not None:
-            checks.check_fits(f"{total} float32 images", total * image_size[0] * image_size[1] * 3 * 4,
-                              f"{prompts} prompts x `num_images_per_prompt` = {num_images_per_prompt} at {image_size}")
+            checks.check_images_fit(total, *image_size,
+                                    f"{prompts} prompts x `num_images_per_prompt` = {num_images_per_prompt} at {image_size}")
         return Batch(prompts, num_images_per_prompt, sharding.padded_size(total, self.mesh))
 
     def _mesh_context(self):
@@ -447,7 +448,6 @@ class DiffusionPipeline:
         ``sampling.compile_only()`` (``warmup``) the loop runs zero steps. Returns the latents, on the mesh.
         """
         scheduler = self.scheduler if scheduler is None else scheduler
-        checks.check_run_options(eta=eta, callback=callback)  # the pipelines that do not check them at the start
         if guidance is None:
             guidance = sampling.ClassifierFreeGuidance() if guidance_scale > 1.0 else sampling.NoGuidance()
         num_steps = int(state.timesteps.shape[0]) - int(state.step_index)

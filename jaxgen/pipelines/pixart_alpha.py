@@ -191,7 +191,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         kwargs.pop("mask_feature", None)  # deprecated in diffusers, no effect
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        sigmas=sigmas, eta=eta, callback=callback)
+                        sigmas=sigmas)
         (height, width), output_size = self.generation_size(height, width, use_resolution_binning)
         self.check_inputs(prompt, height, width, negative_prompt, callback_steps, prompt_embeds, negative_prompt_embeds,
                           prompt_attention_mask, negative_prompt_attention_mask)

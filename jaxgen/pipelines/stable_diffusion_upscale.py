@@ -212,7 +212,7 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
         """
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         self.check_inputs(prompt, image, noise_level, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if self.safety_checker is not None and self.feature_extractor is None and output_type != "latent":
             raise ValueError("the safety checker needs a `feature_extractor` (CLIPImageProcessor)")

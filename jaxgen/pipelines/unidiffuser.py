@@ -140,6 +140,7 @@ class UniDiffuserPipeline(DiffusionPipeline):
         "scheduler": ComponentSpec("scheduler"),
     }
     _output_class = ImageTextPipelineOutput
+    draws_noise_every_step = True  # data-free guidance: fresh noise for the condition at every step (jaxgen batch)
 
     def __init__(self, *, mesh: Any = None, **components: Any) -> None:
         super().__init__(mesh=mesh, **components)
@@ -473,8 +474,7 @@ class UniDiffuserPipeline(DiffusionPipeline):
                 raise ValueError(f"`image` gave {pixels.shape[0]} images, expected {batch_size}")
         self._check_size(height, width, "image" if mode == "img2text" else "height` and `width")
         total = batch_size * multiplier
-        checks.check_fits(f"{total} float32 images", total * height * width * 3 * 4,
-                          f"{batch_size} inputs x {multiplier} samples each")
+        checks.check_images_fit(total, height, width, f"{batch_size} inputs x {multiplier} samples each")
         return Batch(batch_size, multiplier, sharding.padded_size(total, self.mesh)), (height, width), pixels, given
 
     def _check_size(self, height: int, width: int, name: str) -> None:

@@ -365,7 +365,10 @@ class WuerstchenCombinedPipeline(PriorDecoderPipeline):
         ``num_inference_steps`` (or ``decoder_timesteps``) with ``decoder_guidance_scale``. Both stages' checks
         run before the prior does (a size the decoder cannot take is refused up front)."""
         prompts = checks.prompt_batch_size(prompt, prompt_embeds)
+        checks.check_run_options(num_images_per_prompt=num_images_per_prompt)
         checks.check_size(height, width)
+        checks.check_latents(latents, (prompts * num_images_per_prompt, *self.prior_pipe.embedding_size(height, width),
+                                       self.prior_pipe.prior.config.c_in))
         checks.check_timesteps("prior_timesteps", prior_timesteps)
         self.prior_pipe.scheduler.set_timesteps(prior_num_inference_steps, timesteps=prior_timesteps)  # host-side checks
         decoder_prompt = prompt if prompt is not None else ""
@@ -400,7 +403,7 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
     """``jaxgen generate`` for Würstchen: the combined pipeline from ``--model`` (the decoder, warp-ai/wuerstchen)
     and ``--prior-model`` (default: the prior its README.md names). ``--steps`` and ``--guidance`` are the
     decoder's, ``--prior-steps`` and ``--prior-guidance`` the prior's; ``--height``/``--width`` the image's."""
-    unknown = sorted(set(call) & {"image", "strength", "hint"})
+    unknown = sorted(set(call) & {"image", "mask_image", "strength", "hint"})
     if unknown:
         raise ValueError(f"--model {args.model}: Würstchen generates from text only; it does not take {unknown}")
     if "guidance_scale" in call:

@@ -113,6 +113,9 @@ def generate_cascade(
 def cli_generate(args: Any, call: dict, dtype: Any, save: Callable[[list, int | None], None]) -> list:
     """``jaxgen generate`` for an IF checkpoint: the cascade with the command line's stage options
     (``--stages``, ``--stage2-model``, ``--stage3-model``, ``--noise-level``, ``--save-stages``)."""
+    unknown = sorted(set(call) & {"image", "mask_image", "strength", "hint"})
+    if unknown:  # the cascade starts from text; IFImg2ImgPipeline / IFInpaintingPipeline take images in Python
+        raise ValueError(f"--model {args.model}: the IF cascade generates from text; it does not take {unknown}")
     if args.stages not in (1, 2, 3):
         raise ValueError(f"--stages must be 1, 2 or 3, got {args.stages}")
     return generate_cascade(

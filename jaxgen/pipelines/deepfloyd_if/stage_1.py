@@ -61,7 +61,7 @@ class IFPipeline(_IFPipelineBase):
         """
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         self.check_inputs(prompt, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         height, width = self._check_size(height, width)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt, (height, width))
@@ -127,7 +127,7 @@ class IFImg2ImgPipeline(_IFStageIImages):
         prompt. ``latents``: the noise added to the image, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -184,7 +184,7 @@ class IFInpaintingPipeline(_IFStageIImages):
         per prompt, the image's size after preprocessing (PIL: both resized with IF's resize)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, mask_image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)

@@ -136,7 +136,7 @@ class IFSuperResolutionPipeline(_IFStageII):
         ``latents``: the initial noise (B * n, height, width, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, batch.prompts, noise_level, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -195,7 +195,7 @@ class IFImg2ImgSuperResolutionPipeline(_IFStageII):
         """``latents``: the noise added to ``original_image``, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, original_image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
@@ -256,7 +256,7 @@ class IFInpaintingSuperResolutionPipeline(_IFStageII):
         """``latents``: the noise added to ``original_image``, its shape (B * n, H, W, 3)."""
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
-                        cross_attention_kwargs=cross_attention_kwargs, eta=eta, callback=callback)
+                        cross_attention_kwargs=cross_attention_kwargs)
         batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         self.check_inputs(prompt, image, original_image, mask_image, batch.prompts, callback_steps, negative_prompt,
                           prompt_embeds, negative_prompt_embeds)

@@ -56,9 +56,11 @@ class KandinskyV22InpaintCombinedPipeline(KandinskyInpaintCombinedPipeline):
 def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
     """``jaxgen generate`` for a Kandinsky 2.2 decoder: prior then decoder (``--prior-model``: default the one
     the decoder's README.md names, else ``DEFAULT_PRIOR``); ``--image`` / ``--strength`` for image to image;
-    ``--hint`` (a depth map image) for the ControlNet checkpoint."""
+    ``--image`` / ``--mask`` for inpainting (an inpainting decoder); ``--hint`` (a depth map image) for the
+    ControlNet checkpoint."""
     if "hint" not in call:
-        combined = KandinskyV22Img2ImgCombinedPipeline if "image" in call else KandinskyV22CombinedPipeline
+        combined = (KandinskyV22InpaintCombinedPipeline if "mask_image" in call
+                    else KandinskyV22Img2ImgCombinedPipeline if "image" in call else KandinskyV22CombinedPipeline)
         return run_combined(combined, args, call, dtype)
     prior_path = args.prior_model
     if prior_path is None:
