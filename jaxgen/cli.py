@@ -51,6 +51,18 @@ def _stage_paths(out: str, count: int, stage: int) -> list[Path]:
     return [p.with_name(f"{p.stem}-stage{stage}{p.suffix}") for p in _output_paths(out, count)]
 
 
+def _open_image(path: str, name: str, mode: str) -> PIL.Image.Image:
+    """An image file as a PIL image in ``mode``; a missing or unreadable file is a ValueError naming its option."""
+    flag = {"image": "--image", "hint": "--hint", "mask_image": "--mask"}[name]
+    try:
+        with PIL.Image.open(path) as image:
+            return image.convert(mode)
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as e:  # not an image, truncated, too large
+        raise ValueError(f"{flag} {path}: not a readable image ({e})") from None
+
+
 def _call_options(args: argparse.Namespace, takes: Any) -> dict:
     """The pipeline arguments the command line sets; an option the pipeline does not take is an error."""
     call = {"rng": args.seed, "num_images_per_prompt": args.num_images}
@@ -64,7 +76,7 @@ def _call_options(args: argparse.Namespace, takes: Any) -> dict:
         raise ValueError("--mask needs --image (inpainting repaints the masked part of that image)")
     for name, path, mode in (("image", args.image, "RGB"), ("hint", args.hint, "RGB"), ("mask_image", args.mask, "L")):
         if path is not None:  # image files, given as PIL images
-            call[name] = PIL.Image.open(path).convert(mode)
+            call[name] = _open_image(path, name, mode)
     if args.strength is not None:
         call["strength"] = args.strength
     unknown = sorted(k for k in call if takes is not None and k not in takes)

@@ -145,6 +145,7 @@ def test_bad_input_is_refused_before_encoding_or_compiling(pipelines, name, monk
 
 ABSURD = r"""
 import resource, sys
+import numpy as np
 resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 import jaxgen
 pixart = jaxgen.PixArtAlphaPipeline.from_pretrained(sys.argv[1])
@@ -152,6 +153,8 @@ stage_1 = jaxgen.IFPipeline.from_pretrained(sys.argv[2])
 calls = [(pixart, dict(height=10**6, width=10**6, use_resolution_binning=False)),
          (pixart, dict(num_images_per_prompt=10**9)), (pixart, dict(max_sequence_length=10**6)),
          (stage_1, dict(height=10**6, width=10**6)), (stage_1, dict(num_images_per_prompt=10**9))]
+img2img = jaxgen.IFImg2ImgPipeline(**stage_1.components)  # 10^9 copies of a given image
+calls.append((img2img, dict(image=np.zeros((1, 16, 16, 3), np.float32), num_images_per_prompt=10**9)))
 for pipe, call in calls:
     try:
         pipe("a cat", num_inference_steps=2, **call)
@@ -164,7 +167,7 @@ for pipe, call in calls:
 
 
 def test_absurd_sizes_raise_under_a_memory_limit(tiny_hub, tmp_path):
-    """Sizes no machine holds (a 10^6 x 10^6 image, 10^9 images, 10^6 tokens), in a process limited to 6 GiB of
+    """Sizes no machine holds (a 10^6 x 10^6 image, 10^9 images, 10^9 copies of an input image, 10^6 tokens), in a process limited to 6 GiB of
     address space: a ValueError from the byte count each time, not an abort or an out-of-memory kill."""
     import os
     import subprocess
@@ -177,7 +180,7 @@ def test_absurd_sizes_raise_under_a_memory_limit(tiny_hub, tmp_path):
                           str(tiny_hub["DeepFloyd/IF-I-XL-v1.0"])], capture_output=True, text=True, env=env,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.count("refused:") == 5, run.stdout
+    assert run.stdout.count("refused:") == 6, run.stdout
 
 
 def test_config_field_of_the_wrong_type_names_the_field_and_the_file(tiny_hub, tmp_path):
@@ -195,3 +198,34 @@ def test_config_field_of_the_wrong_type_names_the_field_and_the_file(tiny_hub, t
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(TypeError, match=r"config\.json: config field `num_layers` .* must be <class 'int'>, got '"):
         jaxgen.models.PixArtTransformer2DModel.from_pretrained(folder)
+
+
+def test_command_line_mistakes_are_one_line_before_loading(tiny_hub, tmp_path, capsys, monkeypatch):
+    """A user's mistake on the command line: exit status 2 and one line naming the option, before any model loads."""
+    import jaxgen
+    from jaxgen.cli import main
+    from jaxgen.hub import HubError, CheckpointError
+
+    loads = []
+    monkeypatch.setattr(jaxgen.KandinskyPriorPipeline, "from_pretrained", classmethod(lambda *a, **k: loads.append(a)))
+    garbage = tmp_path / "not-an-image.png"
+    garbage.write_bytes(b"this is not a png")
+    decoder = str(tiny_hub["kandinsky-community/kandinsky-2-1"])
+    stage_1 = str(tiny_hub["DeepFloyd/IF-I-XL-v1.0"])
+    out = ["--out", str(tmp_path / "x.png")]
+    for argv, named in (
+        (["generate", "a cat", "--model", decoder, "--image", str(garbage), *out], "--image"),
+        (["generate", "a cat", "--model", decoder, "--image", str(tmp_path / "missing.png"), *out], "--image"),
+        (["generate", "a cat", "--model", decoder, "--mask", str(garbage), *out], "--mask"),
+        (["generate", "a cat", "--model", stage_1, "--image", str(garbage), *out], "--image"),
+        (["generate", "a cat", "--model", str(tmp_path / "no-such-model"), *out], "no-such-model"),
+        (["batch", "--model", decoder, "--prompts", str(tmp_path / "none.txt"), "--out", str(tmp_path / "b")], "none.txt"),
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert named in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)
+    assert not loads
+    # a combined pipeline finds its decoder before it loads the prior
+    with pytest.raises((HubError, CheckpointError, FileNotFoundError)):
+        jaxgen.KandinskyCombinedPipeline.from_pretrained(tmp_path / "no-decoder", prior=decoder)
+    assert not loads

@@ -1,13 +1,8 @@
-"""jaxgen batch: prompts files, per-image seeds, PNG metadata, the manifest, resuming, and a killed run."""
+"""jaxgen batch: prompts files, per-image seeds, PNG metadata, the manifest, resuming (a killed run: test_batch_families.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +13,6 @@ import jaxgen
 from jaxgen.batch import generate_batch, read_manifest, read_prompts
 from jaxgen.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 CALL = dict(num_inference_steps=2, height=16, width=16, use_resolution_binning=False, show_progress=False)
 PROMPTS = [
     "a photo of a cat", "an astronaut riding a horse on the moon", "the quick brown fox", "a city at night",
@@ -237,54 +231,7 @@ def test_processes_split_the_jobs(pipe, tmp_path):
 # --------------------------------------------------------------------------- killed midway
 
 
-def _start(args, env):
-    return subprocess.Popen(
-        [sys.executable, "-m", "jaxgen", "batch", *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-
-
-def test_killed_run_resumes_and_writes_each_image_once(tiny_pixart, tmp_path):
-    folder, _ = tiny_pixart
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join(f"{p} number {i}" for i, p in enumerate(PROMPTS + PROMPTS[:5])) + "\n")  # 12
-    out = tmp_path / "out"
-    # many steps (about 0.1 s an image here, one compile whatever the count) so that the kill lands midway
-    args = ["--model", str(folder), "--prompts", str(prompts), "--out", str(out), "--steps", "500", "--height", "16",
-            "--width", "16", "--no-resolution-binning", "--batch-size", "1", "--seed", "3", "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"),  # the rerun compiles less
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-
-    proc = _start(args, env)
-    deadline = time.monotonic() + 240
-    try:
-        while len(list(out.glob("*.png"))) < 3:
-            assert proc.poll() is None, f"jaxgen batch ended before the kill:\n{proc.communicate()[0]}"
-            assert time.monotonic() < deadline, "no images after 240 s"
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
-    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("*.png")}
-    assert 3 <= len(before) < 12, sorted(before)
-
-    proc = _start(args, env)
-    output = proc.communicate(timeout=240)[0]
-    assert proc.returncode == 0, output
-    names = sorted(p.name for p in out.glob("*.png"))
-    assert names == [f"{i:06d}.png" for i in range(1, 13)]
-    for name, (inode, mtime) in before.items():  # finished before the kill: not written again
-        assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == (inode, mtime), name
-    ids = [line["id"] for line in _manifest_lines(out)]
-    assert sorted(ids) == [n[:-4] for n in names] and len(set(ids)) == 12  # each image recorded once
-    for name in names:
-        assert _pixels(out / name).shape == (16, 16, 3)  # loads: none corrupt
-    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
-    assert f"{12 - len(before)} images generated, {len(before)} already done" in output
+# the killed run (SIGKILL midway, then resumed by the command line): tests/test_batch_families.py, every family
 
 
 def test_arguments_the_pipeline_does_not_take_fail_first(pipe, tiny_pixart, tmp_path):

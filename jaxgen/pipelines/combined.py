@@ -91,6 +91,7 @@ class PriorDecoderPipeline:
         folder or a loaded prior pipeline; default: the one the decoder's README.md names), on one mesh.
         ``prior_<name>=`` keywords are the prior's components, others the decoder's."""
         prior_components = {k[len(PRIOR):]: components.pop(k) for k in list(components) if k.startswith(PRIOR)}
+        hub.load_model_index(hub.resolve_pipeline(pretrained_model_name_or_path, lambda index: {}))  # found, first
         # the prior first: 2.2's loads its image encoder alone before anything else (a lower peak)
         if not isinstance(prior, cls._prior_class):
             prior = cls._prior_class.from_pretrained(prior or connected_prior(pretrained_model_name_or_path),

@@ -354,6 +354,8 @@ class Kandinsky3Img2ImgPipeline(_Kandinsky3Base):
                            num_inference_steps=num_inference_steps)
         checks.check_strength(strength)
         init = self.preprocess_init_image(image, batch)
+        checks.check_images_fit(batch.total, *init.shape[1:3],
+                                f"{batch.prompts} prompts x `num_images_per_prompt` = {num_images_per_prompt}")
         factor = self.movq_scale_factor
         shape = (batch.total, init.shape[1] // factor, init.shape[2] // factor, self.latent_channels)
         checks.check_latents(latents, shape)

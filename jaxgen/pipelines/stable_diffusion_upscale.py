@@ -216,8 +216,9 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
         self.check_inputs(prompt, image, noise_level, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds)
         if self.safety_checker is not None and self.feature_extractor is None and output_type != "latent":
             raise ValueError("the safety checker needs a `feature_extractor` (CLIPImageProcessor)")
-        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt)
         image = preprocess(image, vae_scale_factor=self.vae_scale_factor, resample="bicubic")
+        upscaled = (image.shape[1] * self.vae_scale_factor, image.shape[2] * self.vae_scale_factor)
+        batch = self.batch(prompt, prompt_embeds, num_images_per_prompt, upscaled)  # the output must fit
         latent_shape = (batch.total,) + image.shape[1:3] + (self._latent_channels(image),)
         checks.check_latents(latents, latent_shape)
 

@@ -173,6 +173,13 @@ class _IFPipelineBase(DiffusionPipeline):
             raise ValueError(f"`{name}` must have {self.image_channels} channels (channels last), got shape {out.shape}")
         return out
 
+    def image_rows(self, image: Any, batch: Batch, name: str = "image") -> np.ndarray:
+        """``preprocess_image``, refused when ``batch.total`` rows of that size cannot fit (before they are made)."""
+        out = self.preprocess_image(image, name)
+        checks.check_images_fit(batch.total, *out.shape[1:3],
+                                f"{batch.prompts} prompts x `num_images_per_prompt` = {batch.per_prompt}")
+        return out
+
     def preprocess_mask_image(self, mask_image: Any) -> np.ndarray:
         """Mask (1 = repaint) -> float32 (N, H, W, 1) of 0/1 (binarized at 0.5), IF's ``preprocess_mask_image``.
 

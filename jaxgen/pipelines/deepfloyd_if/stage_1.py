@@ -132,7 +132,7 @@ class IFImg2ImgPipeline(_IFStageIImages):
         self.check_inputs(prompt, image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
         checks.check_strength(strength)
-        init = np.repeat(self.preprocess_image(image), num_images_per_prompt, axis=0)
+        init = np.repeat(self.image_rows(image, batch), num_images_per_prompt, axis=0)
         checks.check_latents(latents, init.shape)
 
         embeds = self.encode_prompt(prompt, guidance_scale > 1.0, num_images_per_prompt, negative_prompt,
@@ -189,7 +189,7 @@ class IFInpaintingPipeline(_IFStageIImages):
         self.check_inputs(prompt, image, mask_image, batch.prompts, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
         checks.check_strength(strength)
-        init = self.preprocess_image(image)
+        init = self.image_rows(image, batch)
         mask = self._mask_rows(mask_image, init, "image", batch)
         init = np.repeat(init, num_images_per_prompt, axis=0)
         checks.check_latents(latents, init.shape)

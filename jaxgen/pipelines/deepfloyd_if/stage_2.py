@@ -141,6 +141,8 @@ class IFSuperResolutionPipeline(_IFStageII):
         self.check_inputs(prompt, image, batch.prompts, noise_level, callback_steps, negative_prompt, prompt_embeds,
                           negative_prompt_embeds)
         height, width = self._check_size(height, width)
+        checks.check_images_fit(batch.total, height, width,
+                                f"{batch.prompts} prompts x `num_images_per_prompt` = {num_images_per_prompt}")
         low_res = self.low_res_image(image, batch, height, width)
         shape = (batch.total, height, width, self.image_channels)
         checks.check_latents(latents, shape)
@@ -201,7 +203,7 @@ class IFImg2ImgSuperResolutionPipeline(_IFStageII):
                           negative_prompt_embeds)
         checks.check_strength(strength)
         self.check_noise_level(noise_level)
-        init = np.repeat(self.preprocess_image(original_image, "original_image"), num_images_per_prompt, axis=0)
+        init = np.repeat(self.image_rows(original_image, batch, "original_image"), num_images_per_prompt, axis=0)
         low_res = self.low_res_image(image, batch, *init.shape[1:3])
         checks.check_latents(latents, init.shape)
 
@@ -262,7 +264,7 @@ class IFInpaintingSuperResolutionPipeline(_IFStageII):
                           prompt_embeds, negative_prompt_embeds)
         checks.check_strength(strength)
         self.check_noise_level(noise_level)
-        init = self.preprocess_image(original_image, "original_image")
+        init = self.image_rows(original_image, batch, "original_image")
         mask = self._mask_rows(mask_image, init, "original_image", batch)
         init = np.repeat(init, num_images_per_prompt, axis=0)
         low_res = self.low_res_image(image, batch, *init.shape[1:3])
