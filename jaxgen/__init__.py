@@ -25,7 +25,7 @@ _EXPORTS = {
     "AutoPipelineForInpainting": "jaxgen.pipelines.auto_pipeline",
     "DiffusionPipeline": "jaxgen.pipelines.pipeline_utils",
     "ImagePipelineOutput": "jaxgen.pipelines.outputs",
-    "set_compilation_cache": "jaxgen.pipelines.pipeline_utils",
+    "set_compilation_cache": "jaxgen.pipelines.compilation_cache",
 }
 _SUBMODULES = ("models", "schedulers", "pipelines", "text", "nn", "sharding", "batch", "hub", "quantize",
                "image_processing", "registry", "cli", "utils")

@@ -333,10 +333,12 @@ def _stochastic(pipe: Any, call: Mapping[str, Any]) -> bool:
     return False
 
 
-def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any = None) -> Any:
+def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any = None,
+                  text_encoder_quantization: str | None = None) -> Any:
     """The text-to-image pipeline ``jaxgen batch`` runs for a checkpoint (repo id or folder): the one
     ``AutoPipelineForText2Image`` loads (Kandinsky and Würstchen decoders: prior + decoder, the prior from
-    ``prior`` or the one the decoder's README.md names), or a family's own (UniDiffuser), in ``dtype``."""
+    ``prior`` or the one the decoder's README.md names), or a family's own (UniDiffuser), in ``dtype``;
+    ``text_encoder_quantization``: as ``from_pretrained``'s ("int8")."""
     from jaxgen import registry
     from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
 
@@ -347,7 +349,8 @@ def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any
     cls = registry.pipeline_class(target)
     if prior is not None and not hasattr(cls, "_prior_class"):
         raise ValueError(f"--prior-model: {target} (for --model {model}) has no prior")
-    return cls.from_pretrained(model, dtype=dtype, **({} if prior is None else {"prior": prior}))
+    options = {} if prior is None else {"prior": prior}
+    return cls.from_pretrained(model, dtype=dtype, text_encoder_quantization=text_encoder_quantization, **options)
 
 
 def _call_arguments(pipe: Any, call: Mapping[str, Any]) -> dict:
@@ -380,13 +383,14 @@ def generate_batch(
     process_index: int | None = None,
     process_count: int | None = None,
     prior: Any = None,
+    text_encoder_quantization: str | None = None,
     **call_kwargs: Any,
 ) -> BatchSummary:
     """Generate an image set into ``out_dir``; rerun the same call to resume after a crash.
 
     ``pipe_or_model``: a loaded pipeline, or a repo id / folder (loaded by ``load_pipeline`` in
     ``dtype``; ``prior``: a Kandinsky or Würstchen decoder's prior, a repo id, folder or loaded prior
-    pipeline). ``prompts``: a .txt or .jsonl path, or a list of strings / dicts (see
+    pipeline; ``text_encoder_quantization``: "int8" to quantize its text encoders while loading). ``prompts``: a .txt or .jsonl path, or a list of strings / dicts (see
     ``read_prompts``); prompts are read and checked before any model loads. ``batch_size`` prompts go
     into each pipeline call; ``seed`` is the base seed; ``negative_prompt`` applies to the jobs that do
     not give their own; ``call_kwargs`` go to every pipeline call (``num_inference_steps``,
@@ -415,7 +419,7 @@ def generate_batch(
     model = None
     if isinstance(pipe_or_model, (str, os.PathLike)):
         model = os.fspath(pipe_or_model)
-        pipe = load_pipeline(model, dtype, prior)
+        pipe = load_pipeline(model, dtype, prior, text_encoder_quantization)
     else:
         pipe = pipe_or_model
     call_kwargs = _call_arguments(pipe, call_kwargs)

@@ -46,6 +46,7 @@ Use it with a pipeline by passing the pair as the component::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -55,7 +56,7 @@ import numpy as np
 from flax import traverse_util
 
 __all__ = [
-    "QuantizedDense", "quantize_kernel", "quantize_params", "dequantize_params", "quantize_t5",
+    "QuantizedDense", "quantize_kernel", "quantize_params", "dequantize_params", "quantize_encoder", "quantize_t5",
     "param_bytes", "cast_floating", "is_dense_kernel",
 ]
 
@@ -168,18 +169,26 @@ class QuantizedDense(nn.Module):
         return y.astype(self.dtype)
 
 
-def quantize_t5(module: Any, params: Any, dtype: Any = None) -> tuple[Any, Any]:
-    """``(T5EncoderModel, params)`` -> ``(int8 T5EncoderModel, int8 params)``.
+def quantize_encoder(module: Any, params: Any, dtype: Any = None) -> tuple[Any, Any]:
+    """``(encoder, params)`` -> ``(int8 encoder, int8 params)``, for the encoders built with a ``quantized`` field:
+    ``T5EncoderModel`` (T5-XXL, Flan-UL2) and the CLIP towers (``CLIPTextModel``, ``CLIPTextModelWithProjection``,
+    ``CLIPVisionModelWithProjection``: CLIP-bigG's).
 
-    Every Dense kernel (attention q/k/v/o, feed-forward wi/wo) becomes int8 with per-output-channel
-    float32 scales; the token embedding, norms and relative-position table keep their dtype.
-    ``dtype`` (e.g. ``jnp.bfloat16``) also changes the compute dtype and the unquantized params'
-    dtype; by default the module's own. The returned pair goes where a T5 pair goes
-    (``module.apply({"params": p}, ids, mask)``, a pipeline's ``text_encoder=``).
+    Every Dense kernel (attention projections, feed-forward, the CLIP projections) becomes int8 with
+    per-output-channel float32 scales; embeddings, norms, convolutions and T5's relative-position table keep
+    their dtype. ``dtype`` (e.g. ``jnp.bfloat16``) also changes the compute dtype and the unquantized params'
+    dtype; by default the module's own. The returned pair goes where the float pair goes
+    (``module.apply({"params": p}, ...)``, a pipeline's ``text_encoder=``). A TypeError for other modules.
     """
+    if "quantized" not in {f.name for f in dataclasses.fields(module)}:
+        raise TypeError(f"{type(module).__name__} has no int8 form: quantize_encoder takes T5 and CLIP encoders")
     dtype = module.dtype if dtype is None else dtype
     # Quantize from the given precision, then cast what stays floating, the float32 scales excepted.
     flat = traverse_util.flatten_dict(quantize_params(params))
     scales = _scale_paths(flat)
     flat = {p: x if p in scales else cast_floating(x, dtype) for p, x in flat.items()}
     return module.clone(quantized=True, dtype=dtype), traverse_util.unflatten_dict(flat)
+
+
+quantize_t5 = quantize_encoder
+"""``quantize_encoder`` under the name the T5 recipe used first."""

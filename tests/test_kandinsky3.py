@@ -251,8 +251,16 @@ def test_text_encoder_in_host_memory(k3, int8):
     err = rel_l2(embeds, ref)
     print(f"\nT5 in host memory, int8={int8}: embeddings rel L2 {err:.2e}")
     assert err < (0.05 if int8 else 1e-7)
-    with pytest.raises(ValueError, match="text_encoder_int8"):
-        jaxgen.Kandinsky3Pipeline.from_pretrained(folder, text_encoder_offload=False, text_encoder_int8=True)
+    if not int8:
+        return
+    # resident in int8 (every pipeline's text_encoder_quantization): quantized on the host, then placed
+    resident = jaxgen.Kandinsky3Pipeline.from_pretrained(folder, text_encoder_offload=False,
+                                                         text_encoder_quantization="int8", unet=ours["t2i"].unet,
+                                                         movq=ours["t2i"].movq)
+    assert resident.text_encoder.quantized and not isinstance(resident.text_encoder, HostModel)
+    assert rel_l2(resident.encode_prompt(PROMPTS, True, 1, _cut_context=True)[0], embeds) < 1e-6
+    with pytest.raises(ValueError, match="contradicts"):
+        jaxgen.Kandinsky3Pipeline.from_pretrained(folder, text_encoder_int8=False, text_encoder_quantization="int8")
 
 
 def test_one_compiled_loop_for_every_prompt_length(k3):

@@ -167,3 +167,87 @@ def test_quantized_text_encoder_in_pipeline(tiny_pixart):
     real = np.asarray(mask, bool)
     ref, out = np.asarray(ref)[real], np.asarray(out)[real]
     assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < MAX_REL_L2
+
+
+def _clip_like_params(module, seed: int = 0):
+    """Random CLIP params at transformers' initialisation scales (Student-t tails: outliers), norms at 1."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for path, s in traverse_util.flatten_dict(module.param_shapes()).items():
+        if path[-1] == "scale" or (path[-1] == "bias" and "layer_norm" in "/".join(path)):
+            out[path] = jnp.asarray(np.ones(s.shape) if path[-1] == "scale" else np.zeros(s.shape), jnp.float32)
+            continue
+        std = 0.02 if len(s.shape) != 2 else s.shape[0] ** -0.5
+        out[path] = jnp.asarray(rng.standard_t(4, size=s.shape) / np.sqrt(2.0) * std, jnp.float32)
+    return traverse_util.unflatten_dict(out)
+
+
+def _rel_and_cos(x, y):
+    x, y = np.asarray(x, np.float64).reshape(len(x), -1), np.asarray(y, np.float64).reshape(len(y), -1)
+    cos = np.sum(x * y, -1) / (np.linalg.norm(x, axis=-1) * np.linalg.norm(y, axis=-1))
+    return float(np.linalg.norm(x - y) / np.linalg.norm(y)), float(cos.mean())
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_int8_clip_towers(tower):
+    """quantize_encoder on the CLIP towers (Kandinsky 2.2's and Würstchen's CLIP-bigG, UniDiffuser's, the upscaler's):
+    every Dense kernel int8, the projected embeddings within the T5 bound of the float32 ones."""
+    from jaxgen.quantize import quantize_encoder
+    from jaxgen.text.clip import (
+        CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection,
+    )
+
+    rng = np.random.default_rng(3)
+    if tower == "text":
+        module = CLIPTextModelWithProjection(CLIPTextConfig.tiny())
+        inputs = (jnp.asarray(rng.integers(3, module.config.vocab_size, size=(2, 12)), jnp.int32),)
+        embeds = lambda m, p: m.apply({"params": p}, *inputs).text_embeds
+    else:
+        module = CLIPVisionModelWithProjection(CLIPVisionConfig.tiny())
+        cfg = module.config
+        inputs = (jnp.asarray(rng.standard_normal((2, cfg.image_size, cfg.image_size, cfg.num_channels)), jnp.float32),)
+        embeds = lambda m, p: m.apply({"params": p}, *inputs).image_embeds
+    params = _clip_like_params(module)
+    qmodule, qparams = quantize_encoder(module, params, dtype=jnp.bfloat16)
+    kernels = [x for p, x in traverse_util.flatten_dict(qparams).items() if p[-1] == "kernel" and x.ndim == 2]
+    assert qmodule.quantized and kernels and all(x.dtype == jnp.int8 for x in kernels)
+    rel, cos = _rel_and_cos(embeds(qmodule, qparams), embeds(module, params))
+    print(f"\nCLIP {tower} tower, int8 (bf16 compute) vs float32: relative L2 {rel:.4f}, mean cosine {cos:.5f}")
+    assert rel < MAX_REL_L2 and cos > MIN_MEAN_COSINE
+    with pytest.raises(TypeError, match="no int8 form"):
+        from jaxgen.models import VQModel
+
+        quantize_encoder(VQModel(VQModel.config_class.tiny()), {})
+
+
+def test_from_pretrained_quantizes_text_encoders_while_loading(tiny_pixart, tiny_hub, capsys):
+    """``from_pretrained(..., text_encoder_quantization="int8")`` and ``--text-encoder-int8``: the T5 read into host
+    memory, quantized there, then placed (its Dense kernels int8 on the pipeline's mesh); the embeddings within the
+    bound and the tiny pipeline's images close to full precision. Combined pipelines quantize the prior's CLIP; a
+    pipeline without a quantizable text encoder, or an unknown kind, is a ValueError before anything loads."""
+    import jaxgen
+    from jaxgen.cli import main
+
+    folder, _ = tiny_pixart
+    full = jaxgen.PixArtAlphaPipeline.from_pretrained(folder)
+    int8 = jaxgen.PixArtAlphaPipeline.from_pretrained(folder, text_encoder_quantization="int8")
+    assert int8.text_encoder.quantized and not full.text_encoder.quantized
+    kernels = [x for p, x in traverse_util.flatten_dict(int8.text_encoder.variables["params"]).items()
+               if p[-1] == "kernel"]
+    assert all(x.dtype == jnp.int8 and x.sharding.mesh.shape == int8.mesh.shape for x in kernels)
+    call = dict(num_inference_steps=2, height=16, width=16, use_resolution_binning=False, rng=0, output_type="np")
+    ref, out = (pipe("a photo of a cat", **call).images for pipe in (full, int8))
+    rel = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    print(f"\ntiny PixArt, int8 T5: images relative L2 {rel:.4f} from the float32 T5's")
+    assert rel < MAX_REL_L2
+
+    combined = jaxgen.KandinskyV22CombinedPipeline.from_pretrained(
+        tiny_hub["kandinsky-community/kandinsky-2-2-decoder"], text_encoder_quantization="int8")
+    assert combined.prior_text_encoder.quantized  # CLIP-bigG's place; the 2.2 decoder reads no text
+    with pytest.raises(ValueError, match="no text encoder with an int8 form"):
+        jaxgen.KandinskyV22Pipeline.from_pretrained(tiny_hub["kandinsky-community/kandinsky-2-2-decoder"],
+                                                    text_encoder_quantization="int8")
+    with pytest.raises(ValueError, match="must be one of"):
+        jaxgen.PixArtAlphaPipeline.from_pretrained(folder, text_encoder_quantization="int4")
+    assert main(["generate", "a photo of a cat", "--model", str(folder), "--text-encoder-int8", "--steps", "2",
+                 "--height", "16", "--width", "16", "--no-resolution-binning", "--out", str(folder.parent / "q.png")]) == 0

@@ -283,24 +283,24 @@ def test_warmup_compiles_so_the_call_does_not(pipes):
 def test_set_compilation_cache(tmp_path, monkeypatch):
     from jax.experimental.compilation_cache import compilation_cache
 
-    from jaxgen.pipelines import pipeline_utils
+    from jaxgen.pipelines import compilation_cache as jaxgen_cache
 
     saved = {k: getattr(jax.config, k) for k in
              ("jax_enable_compilation_cache", "jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
     try:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        pipeline_utils.set_compilation_cache(tmp_path / "xla")
+        jaxgen_cache.set_compilation_cache(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla") and jax.config.jax_enable_compilation_cache
         jax.jit(lambda x: jnp.sin(x) * 3.25 + 0.5)(jnp.arange(7.0)).block_until_ready()
         assert any((tmp_path / "xla").iterdir())  # the program was written
-        pipeline_utils.set_compilation_cache(None)
+        jaxgen_cache.set_compilation_cache(None)
         assert not jax.config.jax_enable_compilation_cache
         # the default: JAXGEN_COMPILATION_CACHE, applied when the first pipeline is built
-        monkeypatch.setattr(pipeline_utils, "_cache_chosen", False)
+        monkeypatch.setattr(jaxgen_cache, "_cache_chosen", False)
         jax.config.update("jax_compilation_cache_dir", None)
         monkeypatch.setenv("JAXGEN_COMPILATION_CACHE", str(tmp_path / "env"))
-        pipeline_utils._default_compilation_cache()
-        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env") and pipeline_utils._cache_chosen
+        jaxgen_cache.apply_default()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "env") and jaxgen_cache._cache_chosen
     finally:
         for k, v in saved.items():
             jax.config.update(k, v)

@@ -86,11 +86,17 @@ class PriorDecoderPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, prior: Any = None, *,
                         dtype: Any = jnp.float32, variant: str | None = None, mesh: Any = None,
-                        **components: Any) -> "PriorDecoderPipeline":
+                        text_encoder_quantization: str | None = None, **components: Any) -> "PriorDecoderPipeline":
         """The decoder from ``pretrained_model_name_or_path`` and the prior from ``prior`` (a repo id, a
         folder or a loaded prior pipeline; default: the one the decoder's README.md names), on one mesh.
-        ``prior_<name>=`` keywords are the prior's components, others the decoder's."""
+        ``prior_<name>=`` keywords are the prior's components, others the decoder's.
+        ``text_encoder_quantization="int8"``: the text encoders of either that have an int8 form (the prior's CLIP)."""
         prior_components = {k[len(PRIOR):]: components.pop(k) for k in list(components) if k.startswith(PRIOR)}
+        quantize = {c: _quantization(c, text_encoder_quantization) for c in (cls._prior_class, cls._decoder_class)}
+        if text_encoder_quantization is not None and not any(quantize.values()):
+            raise ValueError(f"`text_encoder_quantization`: {cls.__name__} has no text encoder with an int8 form")
+        prior_components["text_encoder_quantization"] = quantize[cls._prior_class]
+        components["text_encoder_quantization"] = quantize[cls._decoder_class]
         hub.load_model_index(hub.resolve_pipeline(pretrained_model_name_or_path, lambda index: {}))  # found, first
         # the prior first: 2.2's loads its image encoder alone before anything else (a lower peak)
         if not isinstance(prior, cls._prior_class):
@@ -124,6 +130,13 @@ class PriorDecoderPipeline:
         return seconds + self.decoder_pipe.warmup(height, width, num_inference_steps, batch_size, **kwargs)
 
 
+def _quantization(pipeline_class: type, quantization: str | None) -> str | None:
+    """``quantization`` where ``pipeline_class`` has a text encoder with an int8 form, else None."""
+    from jaxgen.pipelines.loading import int8_text_encoders
+
+    return quantization if int8_text_encoders(pipeline_class._components) else None
+
+
 def prior_options(args: Any) -> dict:
     """The prior's settings on the command line, as the combined pipelines name them."""
     options = {}
@@ -136,5 +149,7 @@ def prior_options(args: Any) -> dict:
 
 def run_combined(combined_class: type, args: Any, call: dict, dtype: Any) -> list:
     """A combined pipeline from ``args.model`` (and ``--prior-model``) on the command line's prompt: its images."""
-    pipe = combined_class.from_pretrained(args.model, prior=args.prior_model, dtype=dtype)
+    from jaxgen.cli import load_options
+
+    pipe = combined_class.from_pretrained(args.model, prior=args.prior_model, dtype=dtype, **load_options(args))
     return pipe(args.prompt, **call, **prior_options(args)).images

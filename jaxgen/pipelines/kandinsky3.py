@@ -36,7 +36,7 @@ from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks
 from jaxgen.pipelines.kandinsky.common import MoVQParts, latent_size
-from jaxgen.pipelines.loading import HostModel, config_param_bytes
+from jaxgen.pipelines.loading import HostModel, config_param_bytes, quantized_components
 from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, _per_image, unbind
 from jaxgen.pipelines.sampling import ClassifierFreeGuidance, Denoiser, NoGuidance
@@ -126,12 +126,19 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                         variant: str | None = None, mesh: Any = None, text_encoder_offload: bool | None = None,
-                        text_encoder_int8: bool | None = None, **components: Any) -> "_Kandinsky3Base":
+                        text_encoder_int8: bool | None = None, text_encoder_quantization: str | None = None,
+                        **components: Any) -> "_Kandinsky3Base":
         """As ``DiffusionPipeline.from_pretrained``, and where the T5 lives. ``text_encoder_offload``: keep it
         in host memory, on the chips only while encoding (``pipe.text_encoder`` is then a ``HostModel``);
-        ``text_encoder_int8``: quantize its weights to int8 (``jaxgen.quantize``) while loading, on the host.
-        None (default): ``text_encoder_plan`` decides from the first chip's memory (on CPU: resident, full
-        precision); a ``mesh`` with a ``model`` axis divides the T5 over it."""
+        ``text_encoder_int8`` (or ``text_encoder_quantization="int8"``, every pipeline's name for it): quantize its
+        weights to int8 (``jaxgen.quantize``) while loading, on the host. None (default): ``text_encoder_plan``
+        decides from the first chip's memory (on CPU: resident, full precision); a ``mesh`` with a ``model``
+        axis divides the T5 over it."""
+        if text_encoder_quantization is not None:
+            quantized_components(cls._components, text_encoder_quantization, cls.__name__)  # a known kind
+            if text_encoder_int8 is False:
+                raise ValueError("text_encoder_int8=False contradicts text_encoder_quantization='int8'")
+            text_encoder_int8 = True
         if "text_encoder" not in components and (text_encoder_offload is not False or text_encoder_int8):
             root = hub.resolve_checkpoint(pretrained_model_name_or_path, allow_patterns=["*.json"], variant=variant)
             if (hub.load_model_index(root).get("text_encoder") or [None, None])[1] is not None:
@@ -148,11 +155,10 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
                 if offload:
                     components["text_encoder"] = _host_text_encoder(pretrained_model_name_or_path, dtype=dtype,
                                                                     variant=variant, int8=int8)
-                elif int8:
-                    raise ValueError("text_encoder_int8=True quantizes on the host: it needs text_encoder_offload"
-                                     " True or None (or pass a quantized `text_encoder=` yourself)")
+                elif int8:  # resident in int8: quantized on the host while loading, then placed
+                    text_encoder_quantization = "int8"
         return super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh,
-                                       **components)
+                                       text_encoder_quantization=text_encoder_quantization, **components)
 
     # -- checks --------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from jaxgen import hub, sharding
 
 __all__ = [
     "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "config_param_bytes", "unbind", "load_components", "default_mesh", "place_on_mesh",
+    "QUANTIZATIONS", "quantizable", "int8_text_encoders", "quantized_components", "load_quantized",
 ]
 
 
@@ -164,14 +165,58 @@ def _to_load(specs: Mapping[str, ComponentSpec], index: Mapping[str, Any], given
             if name not in given and index.get(name) is not None and index[name][1] is not None}
 
 
+QUANTIZATIONS = ("int8",)
+"""What ``from_pretrained(..., text_encoder_quantization=...)`` takes (``jaxgen.quantize``: weight-only int8)."""
+
+
+def quantizable(model_class: Any) -> bool:
+    """Whether a model class has an int8 form (``jaxgen.quantize.quantize_encoder``: T5, the CLIP towers)."""
+    return "quantized" in {f.name for f in dataclasses.fields(model_class)}
+
+
+def int8_text_encoders(specs: Mapping[str, ComponentSpec]) -> set[str]:
+    """A pipeline's text encoders (model components named ``*text_encoder``) that have an int8 form."""
+    return {name for name, spec in specs.items()
+            if spec.kind == "model" and name.endswith("text_encoder") and quantizable(spec.model_class)}
+
+
+def quantized_components(specs: Mapping[str, ComponentSpec], quantization: str | None, pipeline: str) -> set[str]:
+    """The text encoders ``text_encoder_quantization`` applies to: every model component named ``*text_encoder``
+    with an int8 form; a ValueError for an unknown quantization or a pipeline with no such encoder."""
+    if quantization is None:
+        return set()
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"`text_encoder_quantization` must be one of {QUANTIZATIONS} or None, got {quantization!r}")
+    names = int8_text_encoders(specs)
+    if not names:
+        raise ValueError(f"`text_encoder_quantization`: {pipeline} has no text encoder with an int8 form (T5, CLIP)")
+    return names
+
+
+def load_quantized(model_class: Any, folder: Path, *, dtype: Any, variant: str | None, mesh: Mesh | None) -> Any:
+    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there, then placed on
+    ``mesh``: the full-precision weights never reach the accelerators. Returns ``(int8 module, params)``."""
+    from jaxgen.quantize import quantize_encoder
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        module, params = model_class.from_pretrained(folder, dtype=dtype, variant=variant)
+        module, params = quantize_encoder(module, params)
+        params = jax.device_get(params)  # numpy: the CPU copies go as the function returns
+    if mesh is None:
+        return module, jax.device_put(params, jax.local_devices()[0])
+    return module, sharding.place_params(params, mesh, module)
+
+
 def _load_one(root: Path, name: str, spec: ComponentSpec, class_name: str, pipeline: str, *, dtype: Any,
-              variant: str | None, mesh: Mesh) -> Any:
+              variant: str | None, mesh: Mesh, int8: bool = False) -> Any:
     folder = hub.component_folder(root, name)
     if spec.kind == "model":
         if spec.library_classes and class_name not in spec.library_classes:
             raise hub.CheckpointError(
                 f"{root}/model_index.json gives {name!r} class {class_name!r}; {pipeline} expects one of {list(spec.library_classes)}"
             )
+        if int8:
+            return load_quantized(spec.model_class, folder, dtype=dtype, variant=variant, mesh=mesh)
         return spec.model_class.from_pretrained(folder, dtype=dtype, variant=variant, mesh=mesh)
     if spec.kind == "tokenizer":
         return _load_tokenizer(folder, class_name)
@@ -186,14 +231,17 @@ def _load_one(root: Path, name: str, spec: ComponentSpec, class_name: str, pipel
 
 def load_components(
     cls: Any, pretrained_model_name_or_path: str | os.PathLike, *, dtype: Any, variant: str | None,
-    mesh: Mesh | None, components: Mapping[str, Any],
+    mesh: Mesh | None, components: Mapping[str, Any], text_encoder_quantization: str | None = None,
 ) -> tuple[dict[str, Any], Mesh]:
     """Everything ``cls(mesh=..., **loaded)`` takes, read from a checkpoint; returns ``(loaded, mesh)``.
 
     ``components`` passed by the caller are used as given (None: not loaded) and not downloaded;
     ``cls._config`` values come from model_index.json unless passed. ``mesh`` None: ``default_mesh``.
+    ``text_encoder_quantization="int8"``: the text encoders are quantized on the host while loading
+    (``quantized_components``, ``load_quantized``).
     """
     specs, pipeline = cls._components, cls.__name__
+    int8 = quantized_components(specs, text_encoder_quantization, pipeline)
     unknown = set(components) - set(specs) - set(cls._config)
     if unknown:
         raise TypeError(f"{pipeline}.from_pretrained got unknown keyword arguments {sorted(unknown)}")
@@ -214,7 +262,8 @@ def load_components(
                 loaded[name] = None
                 continue
             raise hub.CheckpointError(f"{root}/model_index.json has no component {name!r} needed by {pipeline}")
-        loaded[name] = _load_one(root, name, spec, entry[1], pipeline, dtype=dtype, variant=variant, mesh=mesh)
+        loaded[name] = _load_one(root, name, spec, entry[1], pipeline, dtype=dtype, variant=variant, mesh=mesh,
+                                 int8=name in int8)
     return loaded, mesh
 
 

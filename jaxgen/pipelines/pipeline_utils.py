@@ -30,7 +30,6 @@ import inspect
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import jax
@@ -40,7 +39,8 @@ from jax.sharding import Mesh
 
 from jaxgen import sharding
 from jaxgen.image_processing import numpy_to_pil, postprocess
-from jaxgen.pipelines import checks, progress, sampling
+from jaxgen.pipelines import checks, compilation_cache, progress, sampling
+from jaxgen.pipelines.compilation_cache import DEFAULT_COMPILATION_CACHE, set_compilation_cache
 from jaxgen.pipelines.loading import (
     ComponentSpec, DeferredModel, HostModel, bind_model, load_components, place_on_mesh, unbind,
 )
@@ -52,57 +52,6 @@ __all__ = [
     "DiffusionPipeline", "Batch", "ComponentSpec", "as_key", "bind_model", "unbind", "set_compilation_cache",
     "DEFAULT_COMPILATION_CACHE", "decode_latents", "decode_latents_tiled",
 ]
-
-DEFAULT_COMPILATION_CACHE = Path("~/.cache/jaxgen/xla")
-"""Where compiled programs are kept unless ``JAXGEN_COMPILATION_CACHE`` or ``set_compilation_cache`` says otherwise."""
-
-_OFF = ("", "0", "off", "none", "false", "no")
-_cache_chosen = False  # set_compilation_cache was called, or the default was applied
-
-
-def set_compilation_cache(path: str | os.PathLike | None) -> None:
-    """Keep compiled XLA programs in ``path`` (jax's persistent compilation cache); None turns it off.
-
-    A later process that builds the same program (same pipeline, shapes, step count, devices)
-    loads it instead of compiling it. The first pipeline built applies the default when this was
-    not called: the directory in the environment variable ``JAXGEN_COMPILATION_CACHE`` ("off" or
-    empty disables it), else ``~/.cache/jaxgen/xla``; a directory already set with
-    ``jax.config.update("jax_compilation_cache_dir", ...)`` is left alone. Only programs that take
-    longer than ``jax_persistent_cache_min_compile_time_secs`` (1 s by default) to compile are
-    written. The cache directory is trusted code: do not share it with people you do not trust.
-    """
-    from jax.experimental.compilation_cache import compilation_cache
-
-    global _cache_chosen
-    _cache_chosen = True
-    if path is None:
-        jax.config.update("jax_enable_compilation_cache", False)
-    else:
-        folder = Path(path).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_enable_compilation_cache", True)
-        jax.config.update("jax_compilation_cache_dir", os.fspath(folder))
-    compilation_cache.reset_cache()  # jax reads the setting once; make it read the new one
-
-
-def _default_compilation_cache() -> None:
-    """Apply the default compilation cache once per process (see ``set_compilation_cache``)."""
-    global _cache_chosen
-    if _cache_chosen:
-        return
-    if jax.config.jax_compilation_cache_dir is not None:  # the user configured jax directly
-        _cache_chosen = True
-        return
-    env = os.environ.get("JAXGEN_COMPILATION_CACHE")
-    if env is not None and env.strip().lower() in _OFF:
-        set_compilation_cache(None)
-        return
-    try:
-        set_compilation_cache(env or DEFAULT_COMPILATION_CACHE)
-    except OSError as e:  # a read-only home: run without the cache rather than fail
-        logger.warning("jaxgen: no persistent compilation cache (%s)", e)
-        _cache_chosen = True
-
 
 def as_key(rng: Any) -> jax.Array:
     """``rng`` argument -> a ``jax.random`` key: an int seed, a key (new or raw uint32 style), or None (seed 0)."""
@@ -194,7 +143,7 @@ class DiffusionPipeline:
         unknown = set(components) - set(self._components)
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown components {sorted(unknown)}; expected {list(self._components)}")
-        _default_compilation_cache()
+        compilation_cache.apply_default()
         bound = {
             name: bind_model(components.get(name)) if spec.kind == "model" else components.get(name)
             for name, spec in self._components.items()
@@ -239,6 +188,7 @@ class DiffusionPipeline:
         dtype: Any = jnp.float32,
         variant: str | None = None,
         mesh: Mesh | None = None,
+        text_encoder_quantization: str | None = None,
         **components: Any,
     ) -> "DiffusionPipeline":
         """Load every component from a diffusers folder, a Hub repo id, or a ``python -m convert`` folder.
@@ -251,10 +201,13 @@ class DiffusionPipeline:
         params (sizes from their configs, in ``dtype``, before anything is loaded) take more than
         60% of one device's memory: then the weights are split over a ``model`` axis as well, the
         smallest that fits (``jaxgen.sharding.auto_mesh``; the choice is logged). Each param is
-        placed straight into its shards.
+        placed straight into its shards. ``text_encoder_quantization="int8"``: the text encoders (T5, CLIP) are read
+        into host memory, their Dense weights quantized to int8 there (``jaxgen.quantize``), and only then placed:
+        a quarter of their float32 bytes on the chips, the full-precision copy never.
         """
         loaded, mesh = load_components(
-            cls, pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh, components=components
+            cls, pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh, components=components,
+            text_encoder_quantization=text_encoder_quantization,
         )
         return cls(mesh=mesh, **loaded)
 

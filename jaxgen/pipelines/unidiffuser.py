@@ -546,7 +546,9 @@ def cli_caption(args: Any, dtype: Any) -> list[str]:
     """``jaxgen caption IMAGE... --model REPO``: img2text on each image file, resized to the U-ViT's size (512 x 512)
     as diffusers' examples do; ``--num-captions`` each, ``--steps``, ``--guidance``, ``--seed``. Returns the
     captions in diffusers' order (all images once, then again for each further caption)."""
-    pipe = UniDiffuserPipeline.from_pretrained(args.model, dtype=dtype)
+    from jaxgen.cli import load_options
+
+    pipe = UniDiffuserPipeline.from_pretrained(args.model, dtype=dtype, **load_options(args))
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
     images = [PIL.Image.open(path).convert("RGB").resize((side, side)) for path in args.images]
     call = {k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None}

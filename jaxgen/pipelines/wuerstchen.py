@@ -408,5 +408,8 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
         raise ValueError(f"--model {args.model}: Würstchen generates from text only; it does not take {unknown}")
     if "guidance_scale" in call:
         call["decoder_guidance_scale"] = call.pop("guidance_scale")
-    pipe = WuerstchenCombinedPipeline.from_pretrained(args.model, prior=args.prior_model, dtype=dtype)
+    from jaxgen.cli import load_options
+
+    pipe = WuerstchenCombinedPipeline.from_pretrained(args.model, prior=args.prior_model, dtype=dtype,
+                                                      **load_options(args))
     return pipe(args.prompt, **call, **prior_options(args)).images

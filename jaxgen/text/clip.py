@@ -30,6 +30,7 @@ from jaxgen.modeling import ModelConfig, PretrainedModel
 from jaxgen.nn.attention import dot_product_attention
 from jaxgen.nn.linear import Conv, Dense
 from jaxgen.nn.transformer import layer_norm
+from jaxgen.quantize import QuantizedDense
 
 __all__ = [
     "CLIPTextConfig", "CLIPVisionConfig", "CLIPTextModel", "CLIPTextModelWithProjection",
@@ -194,6 +195,11 @@ class CLIPVisionModelOutput(_IndexableOutput):
     hidden_states: tuple[jax.Array, ...] | None = None
 
 
+def _dense(quantized: bool, features: int, **kwargs: Any) -> nn.Module:
+    """A projection: float ``Dense``, or int8 ``QuantizedDense`` (same param names plus ``scale``) when ``quantized``."""
+    return (QuantizedDense if quantized else Dense)(features, **kwargs)
+
+
 class CLIPAttention(nn.Module):
     """Multi-head self-attention (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``, all with bias).
 
@@ -202,6 +208,7 @@ class CLIPAttention(nn.Module):
 
     config: CLIPTextConfig | CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -209,7 +216,7 @@ class CLIPAttention(nn.Module):
         b, length, dim = hidden_states.shape
         heads = cfg.num_attention_heads
         q, k, v = (
-            Dense(dim, dtype=self.dtype, name=n)(hidden_states).reshape(b, length, heads, dim // heads)
+            _dense(self.quantized, dim, dtype=self.dtype, name=n)(hidden_states).reshape(b, length, heads, dim // heads)
             for n in ("q_proj", "k_proj", "v_proj")
         )
         out = dot_product_attention(q, k, v, mask)
@@ -219,7 +226,7 @@ class CLIPAttention(nn.Module):
             sees_any = jnp.broadcast_to(mask, (b, heads, length, length)).any(axis=-1)  # (B, heads, L)
             out = jnp.where(jnp.transpose(sees_any, (0, 2, 1))[..., None], out, 0)
         out = out.reshape(b, length, dim)
-        return Dense(dim, dtype=self.dtype, name="out_proj")(out)
+        return _dense(self.quantized, dim, dtype=self.dtype, name="out_proj")(out)
 
 
 class CLIPMLP(nn.Module):
@@ -227,12 +234,13 @@ class CLIPMLP(nn.Module):
 
     config: CLIPTextConfig | CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array) -> jax.Array:
         cfg = self.config
-        h = Dense(cfg.intermediate_size, dtype=self.dtype, name="fc1")(hidden_states)
-        return Dense(cfg.hidden_size, dtype=self.dtype, name="fc2")(_ACTIVATIONS[cfg.hidden_act](h))
+        h = _dense(self.quantized, cfg.intermediate_size, dtype=self.dtype, name="fc1")(hidden_states)
+        return _dense(self.quantized, cfg.hidden_size, dtype=self.dtype, name="fc2")(_ACTIVATIONS[cfg.hidden_act](h))
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -240,14 +248,15 @@ class CLIPEncoderLayer(nn.Module):
 
     config: CLIPTextConfig | CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, mask: jax.Array | None) -> jax.Array:
         eps = self.config.layer_norm_eps
         h = layer_norm(eps, True, self.dtype, "layer_norm1")(hidden_states)
-        hidden_states = hidden_states + CLIPAttention(self.config, dtype=self.dtype, name="self_attn")(h, mask)
+        hidden_states = hidden_states + CLIPAttention(self.config, dtype=self.dtype, quantized=self.quantized, name="self_attn")(h, mask)
         h = layer_norm(eps, True, self.dtype, "layer_norm2")(hidden_states)
-        return hidden_states + CLIPMLP(self.config, dtype=self.dtype, name="mlp")(h)
+        return hidden_states + CLIPMLP(self.config, dtype=self.dtype, quantized=self.quantized, name="mlp")(h)
 
 
 class CLIPEncoder(nn.Module):
@@ -255,12 +264,13 @@ class CLIPEncoder(nn.Module):
 
     config: CLIPTextConfig | CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, hidden_states: jax.Array, mask: jax.Array | None):
         states = [hidden_states]
         for i in range(self.config.num_hidden_layers):
-            hidden_states = CLIPEncoderLayer(self.config, dtype=self.dtype, name=f"layers.{i}")(hidden_states, mask)
+            hidden_states = CLIPEncoderLayer(self.config, dtype=self.dtype, quantized=self.quantized, name=f"layers.{i}")(hidden_states, mask)
             states.append(hidden_states)
         return hidden_states, tuple(states)
 
@@ -320,6 +330,7 @@ class CLIPTextTransformer(nn.Module):
 
     config: CLIPTextConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
@@ -329,7 +340,7 @@ class CLIPTextTransformer(nn.Module):
         check_clip_skip(clip_skip, cfg.num_hidden_layers)
         hidden = CLIPTextEmbeddings(cfg, dtype=self.dtype, name="embeddings")(input_ids, position_ids)
         mask = causal_padding_mask(attention_mask, input_ids.shape[-1])
-        hidden, states = CLIPEncoder(cfg, dtype=self.dtype, name="encoder")(hidden, mask)
+        hidden, states = CLIPEncoder(cfg, dtype=self.dtype, quantized=self.quantized, name="encoder")(hidden, mask)
         # one module, so the clip-skipped states go through the same params as the last layer's
         final_layer_norm = layer_norm(cfg.layer_norm_eps, True, self.dtype, "final_layer_norm")
         last = final_layer_norm(hidden)
@@ -378,13 +389,14 @@ class CLIPVisionTransformer(nn.Module):
 
     config: CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     @nn.compact
     def __call__(self, pixel_values: jax.Array):
         cfg = self.config
         hidden = CLIPVisionEmbeddings(cfg, dtype=self.dtype, name="embeddings")(pixel_values)
         hidden = layer_norm(cfg.layer_norm_eps, True, self.dtype, "pre_layrnorm")(hidden)
-        last, states = CLIPEncoder(cfg, dtype=self.dtype, name="encoder")(hidden, None)
+        last, states = CLIPEncoder(cfg, dtype=self.dtype, quantized=self.quantized, name="encoder")(hidden, None)
         pooled = layer_norm(cfg.layer_norm_eps, True, self.dtype, "post_layernorm")(last[:, 0])
         return last, pooled, states
 
@@ -407,6 +419,7 @@ class CLIPTextModel(nn.Module, PretrainedModel):
 
     config: CLIPTextConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     config_class = CLIPTextConfig
 
@@ -417,7 +430,7 @@ class CLIPTextModel(nn.Module, PretrainedModel):
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  position_ids: jax.Array | None = None, output_hidden_states: bool = False,
                  clip_skip: int | None = None) -> BaseModelOutputWithPooling:
-        return CLIPTextTransformer(self.config, dtype=self.dtype, name="text_model")(
+        return CLIPTextTransformer(self.config, dtype=self.dtype, quantized=self.quantized, name="text_model")(
             input_ids, attention_mask, position_ids, output_hidden_states, clip_skip)
 
 
@@ -431,6 +444,7 @@ class CLIPTextModelWithProjection(nn.Module, PretrainedModel):
 
     config: CLIPTextConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     config_class = CLIPTextConfig
 
@@ -442,9 +456,9 @@ class CLIPTextModelWithProjection(nn.Module, PretrainedModel):
                  position_ids: jax.Array | None = None, output_hidden_states: bool = False,
                  clip_skip: int | None = None) -> CLIPTextModelOutput:
         cfg = self.config
-        out = CLIPTextTransformer(cfg, dtype=self.dtype, name="text_model")(
+        out = CLIPTextTransformer(cfg, dtype=self.dtype, quantized=self.quantized, name="text_model")(
             input_ids, attention_mask, position_ids, output_hidden_states, clip_skip)
-        text_embeds = Dense(cfg.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(out.pooler_output)
+        text_embeds = _dense(self.quantized, cfg.projection_dim, use_bias=False, dtype=self.dtype, name="text_projection")(out.pooler_output)
         return CLIPTextModelOutput(text_embeds=text_embeds, last_hidden_state=out.last_hidden_state,
                                    hidden_states=out.hidden_states)
 
@@ -460,6 +474,7 @@ class CLIPVisionModelWithProjection(nn.Module, PretrainedModel):
 
     config: CLIPVisionConfig
     dtype: Any = jnp.float32
+    quantized: bool = False  # int8 weight-only Dense layers (jaxgen.quantize.quantize_encoder)
 
     config_class = CLIPVisionConfig
 
@@ -470,7 +485,7 @@ class CLIPVisionModelWithProjection(nn.Module, PretrainedModel):
     @nn.compact
     def __call__(self, pixel_values: jax.Array, output_hidden_states: bool = False) -> CLIPVisionModelOutput:
         cfg = self.config
-        last, pooled, states = CLIPVisionTransformer(cfg, dtype=self.dtype, name="vision_model")(pixel_values)
-        image_embeds = Dense(cfg.projection_dim, use_bias=False, dtype=self.dtype, name="visual_projection")(pooled)
+        last, pooled, states = CLIPVisionTransformer(cfg, dtype=self.dtype, quantized=self.quantized, name="vision_model")(pixel_values)
+        image_embeds = _dense(self.quantized, cfg.projection_dim, use_bias=False, dtype=self.dtype, name="visual_projection")(pooled)
         return CLIPVisionModelOutput(image_embeds=image_embeds, last_hidden_state=last,
                                      hidden_states=states if output_hidden_states else None)

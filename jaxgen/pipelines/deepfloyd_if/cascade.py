@@ -35,9 +35,9 @@ def _locate(stage: StageArg, name: str) -> None:
         raise TypeError(f"`{name}` must be a checkpoint path or repo id, a loaded pipeline, or None; got {type(stage).__name__}")
 
 
-def _load(stage: StageArg, cls: Any, dtype: Any, **components: Any) -> Any:
-    """The stage's pipeline: loaded from a checkpoint, or the one given."""
-    return cls.from_pretrained(stage, dtype=dtype, **components) if isinstance(stage, (str, os.PathLike)) else stage
+def _load(stage: StageArg, cls: Any, dtype: Any, **options: Any) -> Any:
+    """The stage's pipeline: loaded from a checkpoint (with ``options``), or the one given."""
+    return cls.from_pretrained(stage, dtype=dtype, **options) if isinstance(stage, (str, os.PathLike)) else stage
 
 
 def generate_cascade(
@@ -56,6 +56,7 @@ def generate_cascade(
     rng: Any = None,
     dtype: Any = jnp.float32,
     on_stage: Callable[[int, list], None] | None = None,
+    text_encoder_quantization: str | None = None,
 ) -> list:
     """Run IF stage I, II and III on ``prompt``; returns the last stage's PIL images.
 
@@ -65,6 +66,7 @@ def generate_cascade(
     ``num_inference_steps`` / ``guidance_scale``: every stage's (each pipeline's default when None);
     ``height`` / ``width``: stage I's size; ``noise_level``: stage III's. ``on_stage(stage,
     pil_images)`` is called with the images of each stage before the last (to save them).
+    ``text_encoder_quantization="int8"``: stage I's T5 and stage III's CLIP quantized while loading.
     """
     from jaxgen.pipelines.deepfloyd_if import IFPipeline, IFSuperResolutionPipeline
     from jaxgen.pipelines.stable_diffusion_upscale import StableDiffusionUpscalePipeline
@@ -77,7 +79,8 @@ def generate_cascade(
                if v is not None}
     last = 1 if stage_2 is None else 2 if stage_3 is None else 3
 
-    pipe = _load(stage_1, IFPipeline, dtype)
+    quantize = {"text_encoder_quantization": text_encoder_quantization}
+    pipe = _load(stage_1, IFPipeline, dtype, **quantize)
     embeds, negative = pipe.encode_prompt(prompt, negative_prompt=negative_prompt)
     size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
     images = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, output_type="pil" if last == 1 else "np",
@@ -105,7 +108,7 @@ def generate_cascade(
     negatives = None if negative_prompt is None else (
         [negative_prompt] * len(images) if isinstance(negative_prompt, str)
         else [p for p in negative_prompt for _ in range(num_images_per_prompt)])
-    pipe = _load(stage_3, StableDiffusionUpscalePipeline, dtype)
+    pipe = _load(stage_3, StableDiffusionUpscalePipeline, dtype, **quantize)
     return pipe(prompt=prompts, negative_prompt=negatives, image=images, noise_level=noise_level, rng=rng,
                 **options).images
 
@@ -113,6 +116,8 @@ def generate_cascade(
 def cli_generate(args: Any, call: dict, dtype: Any, save: Callable[[list, int | None], None]) -> list:
     """``jaxgen generate`` for an IF checkpoint: the cascade with the command line's stage options
     (``--stages``, ``--stage2-model``, ``--stage3-model``, ``--noise-level``, ``--save-stages``)."""
+    from jaxgen.cli import load_options
+
     unknown = sorted(set(call) & {"image", "mask_image", "strength", "hint"})
     if unknown:  # the cascade starts from text; IFImg2ImgPipeline / IFInpaintingPipeline take images in Python
         raise ValueError(f"--model {args.model}: the IF cascade generates from text; it does not take {unknown}")
@@ -125,4 +130,5 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable[[list, int | 
         guidance_scale=call.get("guidance_scale"), height=call.get("height"), width=call.get("width"),
         noise_level=args.noise_level, rng=call.get("rng"), dtype=dtype,
         on_stage=(lambda stage, images: save(images, stage)) if args.save_stages else None,
+        text_encoder_quantization=load_options(args).get("text_encoder_quantization"),
     )

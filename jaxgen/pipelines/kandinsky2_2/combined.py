@@ -68,7 +68,9 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
             prior_path = connected_prior(args.model)
         except ValueError:
             prior_path = DEFAULT_PRIOR
-    prior = KandinskyV22PriorPipeline.from_pretrained(prior_path, dtype=dtype)
+    from jaxgen.cli import load_options
+
+    prior = KandinskyV22PriorPipeline.from_pretrained(prior_path, dtype=dtype, **load_options(args))
     decoder_class = KandinskyV22ControlnetImg2ImgPipeline if "image" in call else KandinskyV22ControlnetPipeline
     decoder = decoder_class.from_pretrained(args.model, dtype=dtype, mesh=prior.mesh)
     options = prior_options(args)
