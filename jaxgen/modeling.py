@@ -121,6 +121,21 @@ def load_orbax_params(path: Path, target: Any, dtype: Any = None, shardings: Any
         return ckptr.restore(Path(path).absolute(), abstract_tree)
 
 
+_PARAM_SHAPES: dict[Any, Any] = {}  # (model class, its fields) -> its params' shapes, see param_shapes
+
+
+def _shapes_key(module: Any) -> Any:
+    """A hashable key of what decides a model's param shapes (its class and dataclass fields), or None."""
+    try:
+        fields = tuple((f.name, getattr(module, f.name)) for f in dataclasses.fields(module)
+                       if f.name not in ("parent", "name"))
+        key = (type(module), fields)
+        hash(key)
+    except TypeError:  # a field that is not hashable: no memo
+        return None
+    return key
+
+
 class PretrainedModel:
     """Mixin for jaxgen models: ``from_pretrained`` and the dummy inputs that give param shapes.
 
@@ -141,8 +156,15 @@ class PretrainedModel:
         return self.init(rng, *self.init_args())["params"]
 
     def param_shapes(self) -> Any:
-        """The params tree as ``jax.ShapeDtypeStruct`` leaves, without allocating anything."""
-        return jax.eval_shape(self.init_params, jax.random.key(0))
+        """The params tree as ``jax.ShapeDtypeStruct`` leaves, without allocating anything. Traced once per
+        model class and fields in a process (tracing a UNet's init takes seconds); each call gets its own tree."""
+        key = _shapes_key(self)
+        if key is None or key not in _PARAM_SHAPES:
+            shapes = jax.eval_shape(self.init_params, jax.random.key(0))
+            if key is None:
+                return shapes
+            _PARAM_SHAPES[key] = shapes
+        return jax.tree_util.tree_map(lambda x: x, _PARAM_SHAPES[key])
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | ModelConfig, dtype: Any = jnp.float32):

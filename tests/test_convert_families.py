@@ -97,26 +97,6 @@ def _assert_same_components(a: dict[str, Any], b: dict[str, Any], label: str) ->
         _assert_same_component(value, b[name], f"{label}.{name}")
 
 
-_SHAPES: dict[tuple, Any] = {}
-
-
-@pytest.fixture(autouse=True)
-def shapes_traced_once(monkeypatch):
-    """``param_shapes`` (an ``eval_shape`` of the model's init: seconds for a UNet on 2 cores) once per model
-    config for the whole module, not once per load (convert, SRC, DST): the same ShapeDtypeStructs each time."""
-    from jaxgen.modeling import PretrainedModel
-
-    original = PretrainedModel.param_shapes
-
-    def cached(self: Any) -> Any:
-        key = (type(self), repr(self.config), jnp.dtype(self.dtype).name)
-        if key not in _SHAPES:
-            _SHAPES[key] = original(self)
-        return _SHAPES[key]
-
-    monkeypatch.setattr(PretrainedModel, "param_shapes", cached)
-
-
 @pytest.fixture
 def safetensors_reads(monkeypatch) -> list[Path]:
     """Every safetensors file read from now on (``jaxgen.hub.read_safetensors``: all weights go through it)."""
