@@ -28,7 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -250,11 +249,11 @@ def _checkpoints(args: argparse.Namespace, families: list[str]) -> dict[str, str
     """Hub id -> folder: tiny stand-ins built here (``--smoke``), or the ``--checkpoints`` map."""
     needed = {repo for name in families for repo in FAMILIES[name].checkpoints}
     if args.smoke:
-        sys.path.insert(0, str(REPO))
-        from tests.conftest import build_tiny_hub
+        # the notebooks' builder: tests/conftest.py's, imported without its 8-device, optimisation-level-0 XLA_FLAGS
+        sys.path.insert(0, str(REPO / "docs" / "examples"))
+        from tiny_models import tiny_model
 
-        built = build_tiny_hub(Path(tempfile.mkdtemp(prefix="jaxgen-suite-")), only=needed)
-        return {repo: str(folder) for repo, folder in built.items()}
+        return {repo: tiny_model(repo) for repo in sorted(needed)}
     if args.checkpoints is None:
         raise SystemExit("give --smoke (tiny stand-ins) or --checkpoints MAP.json (Hub id -> folder)")
     given = json.loads(Path(args.checkpoints).read_text())
