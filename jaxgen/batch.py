@@ -334,11 +334,11 @@ def _stochastic(pipe: Any, call: Mapping[str, Any]) -> bool:
 
 
 def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any = None,
-                  text_encoder_quantization: str | None = None) -> Any:
+                  text_encoder_quantization: str | None = None, model_cpu_offload: bool = False) -> Any:
     """The text-to-image pipeline ``jaxgen batch`` runs for a checkpoint (repo id or folder): the one
     ``AutoPipelineForText2Image`` loads (Kandinsky and Würstchen decoders: prior + decoder, the prior from
     ``prior`` or the one the decoder's README.md names), or a family's own (UniDiffuser), in ``dtype``;
-    ``text_encoder_quantization``: as ``from_pretrained``'s ("int8")."""
+    ``text_encoder_quantization`` ("int8") and ``model_cpu_offload``: as ``from_pretrained``'s."""
     from jaxgen import registry
     from jaxgen.pipelines.auto_pipeline import checkpoint_class_name
 
@@ -350,6 +350,8 @@ def load_pipeline(model: str | os.PathLike, dtype: Any = jnp.float32, prior: Any
     if prior is not None and not hasattr(cls, "_prior_class"):
         raise ValueError(f"--prior-model: {target} (for --model {model}) has no prior")
     options = {} if prior is None else {"prior": prior}
+    if model_cpu_offload:  # only when asked: a pipeline class without the option still loads as before
+        options["model_cpu_offload"] = True
     return cls.from_pretrained(model, dtype=dtype, text_encoder_quantization=text_encoder_quantization, **options)
 
 
@@ -384,13 +386,15 @@ def generate_batch(
     process_count: int | None = None,
     prior: Any = None,
     text_encoder_quantization: str | None = None,
+    model_cpu_offload: bool = False,
     **call_kwargs: Any,
 ) -> BatchSummary:
     """Generate an image set into ``out_dir``; rerun the same call to resume after a crash.
 
     ``pipe_or_model``: a loaded pipeline, or a repo id / folder (loaded by ``load_pipeline`` in
     ``dtype``; ``prior``: a Kandinsky or Würstchen decoder's prior, a repo id, folder or loaded prior
-    pipeline; ``text_encoder_quantization``: "int8" to quantize its text encoders while loading). ``prompts``: a .txt or .jsonl path, or a list of strings / dicts (see
+    pipeline; ``text_encoder_quantization``: "int8" to quantize its text encoders while loading;
+    ``model_cpu_offload``: its models kept in host memory, each on the devices only while it runs). ``prompts``: a .txt or .jsonl path, or a list of strings / dicts (see
     ``read_prompts``); prompts are read and checked before any model loads. ``batch_size`` prompts go
     into each pipeline call; ``seed`` is the base seed; ``negative_prompt`` applies to the jobs that do
     not give their own; ``call_kwargs`` go to every pipeline call (``num_inference_steps``,
@@ -419,7 +423,7 @@ def generate_batch(
     model = None
     if isinstance(pipe_or_model, (str, os.PathLike)):
         model = os.fspath(pipe_or_model)
-        pipe = load_pipeline(model, dtype, prior, text_encoder_quantization)
+        pipe = load_pipeline(model, dtype, prior, text_encoder_quantization, model_cpu_offload)
     else:
         pipe = pipe_or_model
     call_kwargs = _call_arguments(pipe, call_kwargs)

@@ -193,7 +193,7 @@ def _batch(args: argparse.Namespace) -> int:
         args.model, args.prompts, args.out, batch_size=args.batch_size, seed=args.seed,
         num_images_per_prompt=args.num_images, negative_prompt=args.negative_prompt, dtype=dtype,
         show_progress=not args.no_progress, process_index=args.process_index, process_count=args.process_count,
-        prior=args.prior_model, text_encoder_quantization=load_options(args).get("text_encoder_quantization"),
+        prior=args.prior_model, **load_options(args),
         **call, **prior_options(args),
     )
     print(
@@ -231,11 +231,17 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-encoder-int8", action="store_true",
                         help="quantize the text encoders (T5, CLIP) to int8 while loading: a quarter of their float32"
                         " memory (from_pretrained's text_encoder_quantization='int8')")
+    parser.add_argument("--model-cpu-offload", action="store_true",
+                        help="keep the models in host memory and move each to the device only while it runs: the"
+                        " device holds one model at a time (from_pretrained's model_cpu_offload=True)")
 
 
 def load_options(args: argparse.Namespace) -> dict:
     """The ``from_pretrained`` options the command line sets (each family's ``cli_generate`` passes them on)."""
-    return {"text_encoder_quantization": "int8"} if getattr(args, "text_encoder_int8", False) else {}
+    options: dict = {"text_encoder_quantization": "int8"} if getattr(args, "text_encoder_int8", False) else {}
+    if getattr(args, "model_cpu_offload", False):
+        options["model_cpu_offload"] = True
+    return options
 
 
 def _prior_args(parser: argparse.ArgumentParser) -> None:

@@ -86,11 +86,14 @@ class PriorDecoderPipeline:
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, prior: Any = None, *,
                         dtype: Any = jnp.float32, variant: str | None = None, mesh: Any = None,
-                        text_encoder_quantization: str | None = None, **components: Any) -> "PriorDecoderPipeline":
+                        text_encoder_quantization: str | None = None, model_cpu_offload: bool = False,
+                        **components: Any) -> "PriorDecoderPipeline":
         """The decoder from ``pretrained_model_name_or_path`` and the prior from ``prior`` (a repo id, a
         folder or a loaded prior pipeline; default: the one the decoder's README.md names), on one mesh.
         ``prior_<name>=`` keywords are the prior's components, others the decoder's.
-        ``text_encoder_quantization="int8"``: the text encoders of either that have an int8 form (the prior's CLIP)."""
+        ``text_encoder_quantization="int8"``: the text encoders of either that have an int8 form (the prior's CLIP).
+        ``model_cpu_offload=True``: both loaded into host memory (each part's ``from_pretrained``), a loaded
+        ``prior`` offloaded too: the pipeline as after ``enable_model_cpu_offload()``."""
         prior_components = {k[len(PRIOR):]: components.pop(k) for k in list(components) if k.startswith(PRIOR)}
         quantize = {c: _quantization(c, text_encoder_quantization) for c in (cls._prior_class, cls._decoder_class)}
         if text_encoder_quantization is not None and not any(quantize.values()):
@@ -101,15 +104,34 @@ class PriorDecoderPipeline:
         # the prior first: 2.2's loads its image encoder alone before anything else (a lower peak)
         if not isinstance(prior, cls._prior_class):
             prior = cls._prior_class.from_pretrained(prior or connected_prior(pretrained_model_name_or_path),
-                                                     dtype=dtype, variant=variant, mesh=mesh, **prior_components)
+                                                     dtype=dtype, variant=variant, mesh=mesh,
+                                                     model_cpu_offload=model_cpu_offload, **prior_components)
         decoder = cls._decoder_class.from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant,
-                                                     mesh=prior.mesh, **components)
-        return cls.from_pipes(prior, decoder)
+                                                     mesh=prior.mesh, model_cpu_offload=model_cpu_offload, **components)
+        pipe = cls.from_pipes(prior, decoder)
+        if model_cpu_offload:  # a prior passed loaded: its models go to host memory too (in this pipeline only)
+            pipe.enable_model_cpu_offload()
+        return pipe
 
     @property
     def components(self) -> dict[str, Any]:
         """The decoder's components and the prior's (``prior_`` + name), as diffusers names them."""
         return {**self.decoder_pipe.components, **{PRIOR + k: v for k, v in self.prior_pipe.components.items()}}
+
+    def enable_model_cpu_offload(self, device: None = None) -> None:
+        """Both pipelines' models in host memory, each on the devices only while it runs (as diffusers' combined
+        pipelines forward it to their parts; see ``DiffusionPipeline.enable_model_cpu_offload``). ``device``
+        must be None."""
+        from jaxgen.pipelines.offload import check_device
+
+        check_device(device)  # before either part changes
+        self.prior_pipe.enable_model_cpu_offload()
+        self.decoder_pipe.enable_model_cpu_offload()
+
+    def disable_model_cpu_offload(self) -> None:
+        """Both pipelines' offloaded models back on the devices (``DiffusionPipeline.disable_model_cpu_offload``)."""
+        self.prior_pipe.disable_model_cpu_offload()
+        self.decoder_pipe.disable_model_cpu_offload()
 
     def set_progress_bar_config(self, **kwargs: Any) -> None:
         """The progress bar options of both pipelines."""

@@ -127,13 +127,18 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, dtype: Any = jnp.float32,
                         variant: str | None = None, mesh: Any = None, text_encoder_offload: bool | None = None,
                         text_encoder_int8: bool | None = None, text_encoder_quantization: str | None = None,
-                        **components: Any) -> "_Kandinsky3Base":
+                        model_cpu_offload: bool = False, **components: Any) -> "_Kandinsky3Base":
         """As ``DiffusionPipeline.from_pretrained``, and where the T5 lives. ``text_encoder_offload``: keep it
         in host memory, on the chips only while encoding (``pipe.text_encoder`` is then a ``HostModel``);
         ``text_encoder_int8`` (or ``text_encoder_quantization="int8"``, every pipeline's name for it): quantize its
         weights to int8 (``jaxgen.quantize``) while loading, on the host. None (default): ``text_encoder_plan``
         decides from the first chip's memory (on CPU: resident, full precision); a ``mesh`` with a ``model``
-        axis divides the T5 over it."""
+        axis divides the T5 over it. ``model_cpu_offload=True`` (every model in host memory, as after
+        ``enable_model_cpu_offload()``) implies the T5's offload (``text_encoder_offload=False`` is then a ValueError)
+        and holds it as the others are (an ``OffloadedModel``); the int8 default is then decided by the T5 alone on
+        a chip, the UNet and MoVQ waiting on the host."""
+        if model_cpu_offload and text_encoder_offload is False:
+            raise ValueError("text_encoder_offload=False contradicts model_cpu_offload=True (every model in host memory)")
         if text_encoder_quantization is not None:
             quantized_components(cls._components, text_encoder_quantization, cls.__name__)  # a known kind
             if text_encoder_int8 is False:
@@ -143,22 +148,23 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
             root = hub.resolve_checkpoint(pretrained_model_name_or_path, allow_patterns=["*.json"], variant=variant)
             if (hub.load_model_index(root).get("text_encoder") or [None, None])[1] is not None:
                 shards = mesh.shape.get("model", 1) if mesh is not None else 1
-                plan = text_encoder_plan(
-                    _component_bytes(root, "text_encoder", T5EncoderModel, dtype) // shards,
-                    _component_bytes(root, "unet", Kandinsky3UNet, dtype) + _component_bytes(root, "movq", VQModel, dtype),
-                    sharding.device_memory_bytes())
+                others = 0 if model_cpu_offload else (  # offloaded, the T5 is alone on the chip when it runs
+                    _component_bytes(root, "unet", Kandinsky3UNet, dtype) + _component_bytes(root, "movq", VQModel, dtype))
+                plan = text_encoder_plan(_component_bytes(root, "text_encoder", T5EncoderModel, dtype) // shards,
+                                         others, sharding.device_memory_bytes())
                 offload = plan[0] if text_encoder_offload is None else text_encoder_offload
                 int8 = plan[1] if text_encoder_int8 is None else text_encoder_int8
                 if plan[1] and text_encoder_int8 is None:
                     logger.warning("jaxgen: Kandinsky 3's T5 does not fit on one chip in %s: its weights are quantized"
                                    " to int8 while loading (text_encoder_int8=False keeps them)", jnp.dtype(dtype).name)
-                if offload:
+                if offload and not model_cpu_offload:  # with it, the base reads every model to the host
                     components["text_encoder"] = _host_text_encoder(pretrained_model_name_or_path, dtype=dtype,
                                                                     variant=variant, int8=int8)
-                elif int8:  # resident in int8: quantized on the host while loading, then placed
+                elif int8:  # quantized on the host while loading, then placed (or held there, model_cpu_offload)
                     text_encoder_quantization = "int8"
         return super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh,
-                                       text_encoder_quantization=text_encoder_quantization, **components)
+                                       text_encoder_quantization=text_encoder_quantization,
+                                       model_cpu_offload=model_cpu_offload, **components)
 
     # -- checks --------------------------------------------------------------------------------
 

@@ -21,8 +21,9 @@ from jax.sharding import Mesh
 from jaxgen import hub, sharding
 
 __all__ = [
-    "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "config_param_bytes", "unbind", "load_components", "default_mesh", "place_on_mesh",
-    "QUANTIZATIONS", "quantizable", "int8_text_encoders", "quantized_components", "load_quantized",
+    "ComponentSpec", "DeferredModel", "HostModel", "bind_model", "config_param_bytes", "host_params", "unbind",
+    "load_components", "default_mesh", "place_on_mesh",
+    "QUANTIZATIONS", "quantizable", "int8_text_encoders", "quantized_components", "load_quantized", "read_on_host",
 ]
 
 
@@ -77,15 +78,18 @@ class HostModel(DeferredModel):
     the chips next to the others (Kandinsky 3's 8.7B-parameter T5): the peak is then the larger of it alone
     and the others, at the price of one host-to-device copy of its params per use.
 
-    ``config``, ``dtype`` and ``module`` read like a loaded module's; ``params`` are the host copy.
+    ``config``, ``dtype`` and ``module`` read like a loaded module's; ``params`` are the host copy; ``mesh``
+    (optional) is where ``load()`` and ``unbind`` put the device copy when given no other.
     """
 
-    def __init__(self, module: Any, params: Any) -> None:
-        self.module, self.params, self.model_class = module, params, type(module)
+    def __init__(self, module: Any, params: Any, mesh: Mesh | None = None) -> None:
+        self.module, self.params, self.model_class, self.mesh = module, params, type(module), mesh
         self.config, self.dtype, self.outputs = module.config, module.dtype, {}
 
     def load(self, mesh: Mesh | None = None) -> Any:
-        """The bound module with a device copy of the params (on ``mesh`` by the partition rules, else one device)."""
+        """The bound module with a device copy of the params (on ``mesh``, default ``self.mesh``, by the partition
+        rules; with neither, on one device)."""
+        mesh = self.mesh if mesh is None else mesh
         params = (sharding.place_params(self.params, mesh, self.module) if mesh is not None
                   else jax.device_put(self.params, jax.local_devices()[0]))
         return self.module.bind({"params": params})
@@ -113,9 +117,18 @@ def bind_model(value: Any) -> Any:
 
 
 def unbind(bound: Any) -> tuple[Any, Any]:
-    """Bound module -> (unbound module, params)."""
+    """Bound module -> (unbound module, params). A ``HostModel`` (an offloaded component) gives its params placed
+    on the devices now (``load()``): that copy lives as long as the caller holds it."""
+    if isinstance(bound, HostModel):
+        bound = bound.load()
     module, variables = bound.unbind()
     return module, variables["params"]
+
+
+def host_params(component: Any) -> Any:
+    """A model component's params as they are held, nothing copied: a ``HostModel``'s host copy, a bound module's
+    own (to read shapes without bringing an offloaded model to the devices)."""
+    return component.params if isinstance(component, HostModel) else component.variables["params"]
 
 
 def place_on_mesh(bound: Any, mesh: Mesh) -> Any:
@@ -193,28 +206,40 @@ def quantized_components(specs: Mapping[str, ComponentSpec], quantization: str |
     return names
 
 
-def load_quantized(model_class: Any, folder: Path, *, dtype: Any, variant: str | None, mesh: Mesh | None) -> Any:
-    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there, then placed on
-    ``mesh``: the full-precision weights never reach the accelerators. Returns ``(int8 module, params)``."""
+def read_on_host(model_class: Any, folder: Path, *, dtype: Any, variant: str | None, int8: bool = False) -> Any:
+    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there when ``int8``.
+    Returns ``(module, numpy params)``: nothing on the accelerators."""
     from jaxgen.quantize import quantize_encoder
 
     with jax.default_device(jax.devices("cpu")[0]):
         module, params = model_class.from_pretrained(folder, dtype=dtype, variant=variant)
-        module, params = quantize_encoder(module, params)
-        params = jax.device_get(params)  # numpy: the CPU copies go as the function returns
+        if int8:
+            module, params = quantize_encoder(module, params)
+        return module, jax.device_get(params)  # numpy: the CPU copies go as the function returns
+
+
+def load_quantized(model_class: Any, folder: Path, *, dtype: Any, variant: str | None, mesh: Mesh | None) -> Any:
+    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there, then placed on
+    ``mesh``: the full-precision weights never reach the accelerators. Returns ``(int8 module, params)``."""
+    module, params = read_on_host(model_class, folder, dtype=dtype, variant=variant, int8=True)
     if mesh is None:
         return module, jax.device_put(params, jax.local_devices()[0])
     return module, sharding.place_params(params, mesh, module)
 
 
 def _load_one(root: Path, name: str, spec: ComponentSpec, class_name: str, pipeline: str, *, dtype: Any,
-              variant: str | None, mesh: Mesh, int8: bool = False) -> Any:
+              variant: str | None, mesh: Mesh, int8: bool = False, host: bool = False) -> Any:
     folder = hub.component_folder(root, name)
     if spec.kind == "model":
         if spec.library_classes and class_name not in spec.library_classes:
             raise hub.CheckpointError(
                 f"{root}/model_index.json gives {name!r} class {class_name!r}; {pipeline} expects one of {list(spec.library_classes)}"
             )
+        if host:  # model_cpu_offload: read (and quantized) on the host, held there for the mesh
+            from jaxgen.pipelines.offload import hold  # offload.py imports this module
+
+            module, params = read_on_host(spec.model_class, folder, dtype=dtype, variant=variant, int8=int8)
+            return hold(module, params, mesh)
         if int8:
             return load_quantized(spec.model_class, folder, dtype=dtype, variant=variant, mesh=mesh)
         return spec.model_class.from_pretrained(folder, dtype=dtype, variant=variant, mesh=mesh)
@@ -232,13 +257,16 @@ def _load_one(root: Path, name: str, spec: ComponentSpec, class_name: str, pipel
 def load_components(
     cls: Any, pretrained_model_name_or_path: str | os.PathLike, *, dtype: Any, variant: str | None,
     mesh: Mesh | None, components: Mapping[str, Any], text_encoder_quantization: str | None = None,
+    model_cpu_offload: bool = False,
 ) -> tuple[dict[str, Any], Mesh]:
     """Everything ``cls(mesh=..., **loaded)`` takes, read from a checkpoint; returns ``(loaded, mesh)``.
 
     ``components`` passed by the caller are used as given (None: not loaded) and not downloaded;
     ``cls._config`` values come from model_index.json unless passed. ``mesh`` None: ``default_mesh``.
     ``text_encoder_quantization="int8"``: the text encoders are quantized on the host while loading
-    (``quantized_components``, ``load_quantized``).
+    (``quantized_components``, ``load_quantized``). ``model_cpu_offload``: each model is read into host memory and
+    held there as an ``offload.OffloadedModel`` for the mesh (``read_on_host``, ``offload.hold``), never placed;
+    the default mesh is then sized by the largest single model (``default_mesh``).
     """
     specs, pipeline = cls._components, cls.__name__
     int8 = quantized_components(specs, text_encoder_quantization, pipeline)
@@ -250,7 +278,7 @@ def load_components(
     )
     index = hub.load_model_index(root)
     if mesh is None:
-        mesh = default_mesh(specs, root, index, dtype, components)
+        mesh = default_mesh(specs, root, index, dtype, components, one_at_a_time=model_cpu_offload)
     loaded = dict(components)
     loaded.update({k: index[k] for k in cls._config if k in index and k not in components})
     for name, spec in specs.items():
@@ -263,7 +291,7 @@ def load_components(
                 continue
             raise hub.CheckpointError(f"{root}/model_index.json has no component {name!r} needed by {pipeline}")
         loaded[name] = _load_one(root, name, spec, entry[1], pipeline, dtype=dtype, variant=variant, mesh=mesh,
-                                 int8=name in int8)
+                                 int8=name in int8, host=model_cpu_offload)
     return loaded, mesh
 
 
@@ -277,12 +305,13 @@ def config_param_bytes(model_class: Any, folder: Path, dtype: Any) -> tuple[Any,
 
 
 def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[str, Any], dtype: Any,
-                 components: Mapping[str, Any]) -> Mesh:
+                 components: Mapping[str, Any], one_at_a_time: bool = False) -> Mesh:
     """``sharding.auto_mesh`` for the model components a ``from_pretrained`` call will hold.
 
     Sizes come from shapes only (``param_shapes()`` of each config, cast to ``dtype``); a
     component passed in counts with its own params. Nothing is computed where the device memory
-    is unknown (CPU) or there is one device: the mesh is then plain data parallel.
+    is unknown (CPU) or there is one device: the mesh is then plain data parallel. ``one_at_a_time`` (model
+    offload: only the running model is on the devices): sized by the largest single model instead of the sum.
     """
     from jaxgen.quantize import param_bytes
 
@@ -307,4 +336,7 @@ def default_mesh(specs: Mapping[str, ComponentSpec], root: Path, index: Mapping[
             module, sizes[name] = config_param_bytes(spec.model_class, hub.component_folder(root, name), dtype)
         if not getattr(type(module), "param_axes", ()):
             replicated.append(name)
+    if one_at_a_time and sizes:  # the others wait in host memory: no model axis for their sake
+        largest = max(sizes, key=sizes.get)
+        sizes = {largest: sizes[largest]}
     return sharding.auto_mesh(sizes, device_bytes, devices, replicated=replicated)

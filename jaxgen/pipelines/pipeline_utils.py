@@ -39,7 +39,7 @@ from jax.sharding import Mesh
 
 from jaxgen import sharding
 from jaxgen.image_processing import numpy_to_pil, postprocess
-from jaxgen.pipelines import checks, compilation_cache, progress, sampling
+from jaxgen.pipelines import checks, compilation_cache, offload, progress, sampling
 from jaxgen.pipelines.compilation_cache import DEFAULT_COMPILATION_CACHE, set_compilation_cache
 from jaxgen.pipelines.loading import (
     ComponentSpec, DeferredModel, HostModel, bind_model, load_components, place_on_mesh, unbind,
@@ -150,8 +150,10 @@ class DiffusionPipeline:
         }
         models = {n: bound[n] for n, spec in self._components.items()
                   if spec.kind == "model" and bound[n] is not None and not isinstance(bound[n], DeferredModel)}
+        offloaded = {n: v for n, v in bound.items() if isinstance(v, offload.OffloadedModel)}
         if mesh is None:
-            mesh = next((m for m in (sharding.mesh_of(v.variables) for v in models.values()) if m is not None), None)
+            meshes = [sharding.mesh_of(v.variables) for v in models.values()] + [v.mesh for v in offloaded.values()]
+            mesh = next((m for m in meshes if m is not None), None)
             if mesh is None:  # params on one device (or none at all): a 1-device mesh there
                 leaves = [x for v in models.values() for x in jax.tree_util.tree_leaves(v.variables)]
                 device = next(iter(leaves[0].devices())) if leaves and isinstance(leaves[0], jax.Array) else None
@@ -159,11 +161,14 @@ class DiffusionPipeline:
                 models = {}  # leave them where they are
         for name, value in models.items():
             bound[name] = place_on_mesh(value, mesh)
+        for name, value in offloaded.items():  # built from an offloaded pipeline's components: offloaded too
+            bound[name] = value.on(mesh)
         for name, value in bound.items():
             setattr(self, name, value)
         self.mesh: Mesh = mesh
         self._progress_bar_config: dict[str, Any] = {}
         self._vae_tiling = False  # enable_vae_tiling()
+        self._model_cpu_offload = bool(offloaded)  # enable_model_cpu_offload()
 
     @property
     def components(self) -> dict[str, Any]:
@@ -171,14 +176,42 @@ class DiffusionPipeline:
         return {name: getattr(self, name) for name in self._components}
 
     def resident(self, name: str) -> Any:
-        """The model component ``name``, loaded onto ``pipe.mesh`` first if it was deferred (``DeferredModel``):
-        it stays loaded from then on. None when the pipeline has none."""
+        """The model component ``name`` as a bound module on ``pipe.mesh``. Deferred (``DeferredModel``): loaded
+        now, and kept from then on (on the devices, or in host memory with ``enable_model_cpu_offload()``). In
+        host memory (``HostModel``): a device copy for this use only, not kept. None when the pipeline has none."""
         value = getattr(self, name)
+        if isinstance(value, HostModel):
+            return value.load(self.mesh)
         if isinstance(value, DeferredModel):
             logger.info("jaxgen: loading %s (%s) now: the call needs it", name, value.model_class.__name__)
-            value = value.load(self.mesh)
-            setattr(self, name, value)
+            loaded = value.load(self.mesh)
+            setattr(self, name, offload.offload(loaded, self.mesh, value.outputs) if self._model_cpu_offload else loaded)
+            return loaded
         return value
+
+    def enable_model_cpu_offload(self, device: None = None) -> None:
+        """Keep every model component in host memory and put it on the devices only while it runs (diffusers'
+        ``enable_model_cpu_offload``; ``device`` is taken for its signature and must be None: jaxgen runs on
+        ``pipe.mesh``, a ValueError otherwise).
+
+        What moves when: now, each model component on the devices is copied to host memory (``pinned_host``
+        jax arrays with its sharding on the mesh where the backend has that memory, else numpy) and the device
+        copy is let go (freed once nothing else holds it: a pipeline built from these components before this
+        call keeps its own). Then every use of a model (encoding the prompt, each sampling run, decoding, the
+        safety checker) puts its params on the mesh and drops them when that stage returns; a deferred component
+        (Kandinsky 2.2's image encoder) goes to host memory when first loaded. The cost: one host-to-device copy
+        of each model's params per use, every call. The gain: the peak device memory is the largest single
+        model's params plus its activations, instead of all the models together. Images are unchanged (the same
+        params, the same compiled programs). ``disable_model_cpu_offload()`` puts them back on the devices.
+        ``from_pretrained(..., model_cpu_offload=True)`` loads a pipeline in this state, the models read into host
+        memory, so that loading too never needs room for them all on the devices.
+        """
+        offload.check_device(device)
+        offload.enable(self)
+
+    def disable_model_cpu_offload(self) -> None:
+        """Undo ``enable_model_cpu_offload()``: the offloaded components go back to the devices and stay there."""
+        offload.disable(self)
 
     @classmethod
     def from_pretrained(
@@ -189,6 +222,7 @@ class DiffusionPipeline:
         variant: str | None = None,
         mesh: Mesh | None = None,
         text_encoder_quantization: str | None = None,
+        model_cpu_offload: bool = False,
         **components: Any,
     ) -> "DiffusionPipeline":
         """Load every component from a diffusers folder, a Hub repo id, or a ``python -m convert`` folder.
@@ -203,13 +237,19 @@ class DiffusionPipeline:
         smallest that fits (``jaxgen.sharding.auto_mesh``; the choice is logged). Each param is
         placed straight into its shards. ``text_encoder_quantization="int8"``: the text encoders (T5, CLIP) are read
         into host memory, their Dense weights quantized to int8 there (``jaxgen.quantize``), and only then placed:
-        a quarter of their float32 bytes on the chips, the full-precision copy never.
+        a quarter of their float32 bytes on the chips, the full-precision copy never. ``model_cpu_offload=True``: the
+        pipeline as after ``enable_model_cpu_offload()``, each model read into host memory and kept there (int8
+        encoders quantized there first), none placed on the devices while loading; the default mesh is then sized
+        by the largest single model, not the sum.
         """
         loaded, mesh = load_components(
             cls, pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh, components=components,
-            text_encoder_quantization=text_encoder_quantization,
+            text_encoder_quantization=text_encoder_quantization, model_cpu_offload=model_cpu_offload,
         )
-        return cls(mesh=mesh, **loaded)
+        pipe = cls(mesh=mesh, **loaded)
+        if model_cpu_offload:  # components passed in resident are offloaded too; deferred ones when first loaded
+            offload.enable(pipe)
+        return pipe
 
     # -- progress ------------------------------------------------------------------------------
 

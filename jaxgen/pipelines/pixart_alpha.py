@@ -218,7 +218,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         module, params = unbind(self.transformer)
         latents = self.denoise(PixArtDenoiser(module), params, latents, state, cond, guidance_scale, step_key, batch,
                                eta=eta, callback=callback, callback_steps=callback_steps)
-
+        del module, params  # an offloaded transformer's device copy goes before the VAE comes
         return self.output(latents, batch, output_type, return_dict, size=output_size)
 
     def _conditioning(self, embeds: jax.Array, mask: jax.Array, negative: jax.Array | None,

@@ -28,6 +28,7 @@ from jaxgen.models.safety_checker import IFSafetyChecker
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.watermark import IFWatermarker
 from jaxgen.pipelines import checks, tasks
+from jaxgen.pipelines.loading import HostModel
 from jaxgen.pipelines.outputs import StableDiffusionPipelineOutput
 from jaxgen.pipelines.pipeline_utils import ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
@@ -94,9 +95,12 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
                 " version of `stabilityai/stable-diffusion-x4-upscaler` you should change 'scaling_factor' to"
                 f" {VAE_SCALING_FACTOR}."
             )
-            module, variables = self.vae.unbind()
-            config = dataclasses.replace(module.config, scaling_factor=VAE_SCALING_FACTOR)
-            self.vae = module.clone(config=config).bind(variables)
+            config = dataclasses.replace(self.vae.config, scaling_factor=VAE_SCALING_FACTOR)
+            if isinstance(self.vae, HostModel):  # offloaded: the same host params under the new config
+                self.vae = type(self.vae)(self.vae.module.clone(config=config), self.vae.params, self.vae.mesh)
+            else:
+                module, variables = self.vae.unbind()
+                self.vae = module.clone(config=config).bind(variables)
 
     @property
     def prompt_embeds_width(self) -> int:
@@ -242,6 +246,7 @@ class StableDiffusionUpscalePipeline(DiffusionPipeline):
                 "class_labels": both(condition["class_labels"])}
         latents = self.denoise(UpscaleDenoiser(module), params, latents, state, cond, guidance_scale, step_key, batch,
                                eta=eta, callback=callback, callback_steps=callback_steps)
+        del module, params  # an offloaded UNet's device copy goes before the VAE comes
         return self.output(latents, batch, output_type, return_dict)
 
     def _latent_channels(self, image: np.ndarray) -> int:

@@ -57,6 +57,7 @@ def generate_cascade(
     dtype: Any = jnp.float32,
     on_stage: Callable[[int, list], None] | None = None,
     text_encoder_quantization: str | None = None,
+    model_cpu_offload: bool = False,
 ) -> list:
     """Run IF stage I, II and III on ``prompt``; returns the last stage's PIL images.
 
@@ -67,6 +68,7 @@ def generate_cascade(
     ``height`` / ``width``: stage I's size; ``noise_level``: stage III's. ``on_stage(stage,
     pil_images)`` is called with the images of each stage before the last (to save them).
     ``text_encoder_quantization="int8"``: stage I's T5 and stage III's CLIP quantized while loading.
+    ``model_cpu_offload=True``: every stage loaded with its models in host memory (``from_pretrained``'s).
     """
     from jaxgen.pipelines.deepfloyd_if import IFPipeline, IFSuperResolutionPipeline
     from jaxgen.pipelines.stable_diffusion_upscale import StableDiffusionUpscalePipeline
@@ -79,7 +81,7 @@ def generate_cascade(
                if v is not None}
     last = 1 if stage_2 is None else 2 if stage_3 is None else 3
 
-    quantize = {"text_encoder_quantization": text_encoder_quantization}
+    quantize = {"text_encoder_quantization": text_encoder_quantization, "model_cpu_offload": model_cpu_offload}
     pipe = _load(stage_1, IFPipeline, dtype, **quantize)
     embeds, negative = pipe.encode_prompt(prompt, negative_prompt=negative_prompt)
     size = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
@@ -94,7 +96,7 @@ def generate_cascade(
 
     # stage I made one row per image: its embeddings repeated to match
     per_image = lambda x: None if x is None else np.repeat(np.asarray(x), num_images_per_prompt, axis=0)
-    pipe = _load(stage_2, IFSuperResolutionPipeline, dtype, text_encoder=None)
+    pipe = _load(stage_2, IFSuperResolutionPipeline, dtype, text_encoder=None, model_cpu_offload=model_cpu_offload)
     images = pipe(image=images, prompt_embeds=per_image(embeds), negative_prompt_embeds=per_image(negative),
                   output_type="pil" if last == 2 else "np", rng=rng, **options).images
     del pipe
@@ -130,5 +132,5 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable[[list, int | 
         guidance_scale=call.get("guidance_scale"), height=call.get("height"), width=call.get("width"),
         noise_level=args.noise_level, rng=call.get("rng"), dtype=dtype,
         on_stage=(lambda stage, images: save(images, stage)) if args.save_stages else None,
-        text_encoder_quantization=load_options(args).get("text_encoder_quantization"),
+        **load_options(args),
     )

@@ -22,6 +22,7 @@ from jaxgen.image_processing import preprocess
 from jaxgen.models.unet_2d_condition import UNet2DConditionModel
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks, tasks
+from jaxgen.pipelines.loading import host_params
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
 from jaxgen.text.multilingual_clip import MultilingualCLIP
@@ -251,7 +252,7 @@ class KandinskyDecoderBase(MoVQParts, DiffusionPipeline):
 
     def image_embed_width(self) -> int:
         """The width of the image embeddings the UNet takes (its ``add_embedding.image_proj`` input)."""
-        return int(unbind(self.unet)[1]["add_embedding"]["image_proj"]["kernel"].shape[0])
+        return int(host_params(self.unet)["add_embedding"]["image_proj"]["kernel"].shape[0])  # an offloaded UNet stays put
 
     def begin(self, kwargs: dict, prompt: Any, image_embeds: Any, negative_image_embeds: Any, height: Any, width: Any,
               *, num_images_per_prompt: Any, guidance_scale: Any, output_type: Any, num_inference_steps: Any,

@@ -72,7 +72,8 @@ def cli_generate(args: Any, call: dict, dtype: Any, save: Callable) -> list:
 
     prior = KandinskyV22PriorPipeline.from_pretrained(prior_path, dtype=dtype, **load_options(args))
     decoder_class = KandinskyV22ControlnetImg2ImgPipeline if "image" in call else KandinskyV22ControlnetPipeline
-    decoder = decoder_class.from_pretrained(args.model, dtype=dtype, mesh=prior.mesh)
+    offload = {k: v for k, v in load_options(args).items() if k == "model_cpu_offload"}  # the decoder has no encoder
+    decoder = decoder_class.from_pretrained(args.model, dtype=dtype, mesh=prior.mesh, **offload)
     options = prior_options(args)
     embeds = prior(args.prompt, negative_prompt=call.pop("negative_prompt", None),
                    num_images_per_prompt=call.pop("num_images_per_prompt"), rng=call["rng"],
