@@ -45,6 +45,12 @@ def transformer_flops(cfg: dict, tokens: int, text_len: int, batch: int) -> floa
     return float(batch * (cfg["num_layers"] * per_layer + caption + patch + head))
 
 
+def _micro_conditions(cfg: dict) -> bool:
+    """Whether the transformer takes resolution / aspect-ratio conditions (α-1024 does, Σ's do not)."""
+    flag = cfg.get("use_additional_conditions")
+    return cfg.get("sample_size") == 128 if flag is None else bool(flag)
+
+
 def matmul_rate(dtype: str, size: int = 2048) -> float:
     """FLOP/s of a large jitted matmul in JAX on this machine: the practical peak."""
     import jax
@@ -102,7 +108,7 @@ def bench_jaxgen(cfg_dir: Path, resolution: int, dtype_name: str, steps: int, te
     embeds = jax.random.normal(jax.random.key(3), (2, text_len, tcfg["caption_channels"]), dtype)
     mask = jnp.ones((2, text_len), jnp.int32)
     cond = {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
-    if tcfg.get("sample_size") == 128:
+    if _micro_conditions(tcfg):
         cond["added_cond_kwargs"] = {"resolution": jnp.full((2, 2), resolution, dtype), "aspect_ratio": jnp.ones((2, 1), dtype)}
 
     def run(n: int, compile_only: bool = False):
@@ -140,7 +146,7 @@ def bench_diffusers(cfg_dir: Path, resolution: int, dtype_name: str, steps: int,
     embeds = torch.randn(2, text_len, tcfg["caption_channels"], dtype=dtype)
     mask = torch.ones(2, text_len)
     cond = {"resolution": None, "aspect_ratio": None}
-    if tcfg.get("sample_size") == 128:
+    if _micro_conditions(tcfg):
         cond = {"resolution": torch.full((2, 2), float(resolution), dtype=dtype), "aspect_ratio": torch.ones(2, 1, dtype=dtype)}
 
     @torch.no_grad()

@@ -68,6 +68,7 @@ class Family:
 FAMILIES = {
     "pixart": Family(("PixArt-alpha/PixArt-XL-2-512x512",), ("PixArtAlphaPipeline",), 512, 64),
     "pixart_1024": Family(("PixArt-alpha/PixArt-XL-2-1024-MS",), ("PixArtAlphaPipeline",), 1024, 64),
+    "pixart_sigma": Family(("PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",), ("PixArtSigmaPipeline",), 1024, 64),
     "deepfloyd_if": Family(("DeepFloyd/IF-I-XL-v1.0",), ("IFPipeline",), 64, 16,
                            ("safety_checker", "feature_extractor", "watermarker")),
     "kandinsky": Family(("kandinsky-community/kandinsky-2-1-prior", "kandinsky-community/kandinsky-2-1"),
@@ -88,7 +89,7 @@ def _size_arguments(pipeline: str, size: int) -> dict:
     """The size arguments a pipeline takes (UniDiffuser's is fixed by its U-ViT; IF's is the UNet's)."""
     if pipeline in ("UniDiffuserPipeline", "IFPipeline", "KandinskyPriorPipeline", "KandinskyV22PriorPipeline"):
         return {}
-    if pipeline == "PixArtAlphaPipeline":
+    if pipeline in ("PixArtAlphaPipeline", "PixArtSigmaPipeline"):
         return {"height": size, "width": size, "use_resolution_binning": False}
     return {"height": size, "width": size}
 

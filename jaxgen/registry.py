@@ -93,9 +93,11 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "pixart",
-        pipelines={"PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha"},
+        pipelines={"PixArtAlphaPipeline": "jaxgen.pipelines.pixart_alpha",
+                   "PixArtSigmaPipeline": "jaxgen.pipelines.pixart_sigma"},
         models={"PixArtTransformer2DModel": "jaxgen.models.pixart_transformer"},
-        tasks={"text-to-image": {"PixArtAlphaPipeline": "PixArtAlphaPipeline"}},
+        tasks={"text-to-image": {"PixArtAlphaPipeline": "PixArtAlphaPipeline",
+                                 "PixArtSigmaPipeline": "PixArtSigmaPipeline"}},
     ),
     Family(
         "deepfloyd_if",

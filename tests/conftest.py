@@ -141,13 +141,17 @@ def perturb_(model, scale: float = 0.05, seed: int = 0):
 
 
 def build_tiny_pixart(folder: Path, *, sample_size: int = 128, vae_levels: int = 2, seed: int = 0, patch_size: int = 2,
-                      vae_channels: tuple[int, ...] = (8, 16, 16, 16), vae_mid_attention: bool = True):
+                      vae_channels: tuple[int, ...] = (8, 16, 16, 16), vae_mid_attention: bool = True,
+                      sigma: bool = False):
     """Build, perturb and ``save_pretrained`` a tiny diffusers PixArtAlphaPipeline; returns the torch pipeline.
 
     ``patch_size`` 8 with 4 VAE levels keeps the real checkpoints' pixel geometry (sample_size 128 is 1024 px)
-    at a few hundred tokens (the README examples run on such a model)."""
+    at a few hundred tokens (the README examples run on such a model). ``sigma``: a PixArtSigmaPipeline as the
+    Σ checkpoints are (a transformer without micro-conditions whatever its size, the SDXL VAE's scaling factor)."""
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from diffusers import (
+        AutoencoderKL, DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel,
+    )
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -161,18 +165,19 @@ def build_tiny_pixart(folder: Path, *, sample_size: int = 128, vae_levels: int =
         sample_size=sample_size, num_layers=2, patch_size=patch_size, attention_head_dim=12, num_attention_heads=2,
         caption_channels=32, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
         activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6,
+        norm_elementwise_affine=False, norm_eps=1e-6, **({"use_additional_conditions": False} if sigma else {}),
     )
     channels = tuple(vae_channels)[:vae_levels]
     vae = AutoencoderKL(
         block_out_channels=channels, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
         norm_num_groups=4, down_block_types=("DownEncoderBlock2D",) * vae_levels,
         up_block_types=("UpDecoderBlock2D",) * vae_levels, sample_size=32, mid_block_add_attention=vae_mid_attention,
+        **({"scaling_factor": 0.13025, "force_upcast": True} if sigma else {}),
     )
     for i, m in enumerate((text_encoder, transformer, vae)):
         perturb_(m, seed=seed + i)
     scheduler = DPMSolverMultistepScheduler()
-    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    pipe = (PixArtSigmaPipeline if sigma else PixArtAlphaPipeline)(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(folder)
     return pipe
@@ -240,6 +245,8 @@ def build_tiny_hub(root: Path, only=None) -> dict[str, Path]:
     models = {
         "PixArt-alpha/PixArt-XL-2-1024-MS": lambda f: build_tiny_pixart(f, sample_size=128, seed=20, **geometry),
         "PixArt-alpha/PixArt-XL-2-512x512": lambda f: build_tiny_pixart(f, sample_size=64, seed=30, **geometry),
+        "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS": lambda f: build_tiny_pixart(f, sample_size=128, seed=35, sigma=True,
+                                                                             **geometry),
         "DeepFloyd/IF-I-XL-v1.0": lambda f: build_if(f, stage2=False, seed=40),
         "DeepFloyd/IF-II-L-v1.0": lambda f: build_if(f, stage2=True, seed=50),
         "stabilityai/stable-diffusion-x4-upscaler": build_tiny_upscale,

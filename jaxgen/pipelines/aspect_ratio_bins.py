@@ -1,13 +1,27 @@
-"""PixArt-α aspect-ratio bins and the snapping of a requested size to them.
+"""PixArt's aspect-ratio bins and the snapping of a requested size to them.
 
 Each table maps an aspect ratio (height / width, as a string key) to the [height, width] PixArt was
-trained at for that ratio, at a base resolution of 1024, 512 or 256 pixels. The values are
-diffusers' (pipeline_pixart_alpha.py) so that resolution binning picks the same sizes.
+trained at for that ratio, at a base resolution of 2048 (PixArt-Σ only), 1024, 512 or 256 pixels. The
+values are diffusers' (pipeline_pixart_alpha.py, pipeline_pixart_sigma.py) so that resolution binning
+picks the same sizes.
 """
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
+
+ASPECT_RATIO_2048_BIN: dict[str, list[float]] = {  # PixArt-Σ-2K's (sample_size 256)
+    "0.25": [1024.0, 4096.0], "0.26": [1024.0, 3968.0], "0.27": [1024.0, 3840.0], "0.28": [1024.0, 3712.0],
+    "0.32": [1152.0, 3584.0], "0.33": [1152.0, 3456.0], "0.35": [1152.0, 3328.0], "0.4": [1280.0, 3200.0],
+    "0.42": [1280.0, 3072.0], "0.48": [1408.0, 2944.0], "0.5": [1408.0, 2816.0], "0.52": [1408.0, 2688.0],
+    "0.57": [1536.0, 2688.0], "0.6": [1536.0, 2560.0], "0.68": [1664.0, 2432.0], "0.72": [1664.0, 2304.0],
+    "0.78": [1792.0, 2304.0], "0.82": [1792.0, 2176.0], "0.88": [1920.0, 2176.0], "0.94": [1920.0, 2048.0],
+    "1.0": [2048.0, 2048.0], "1.07": [2048.0, 1920.0], "1.13": [2176.0, 1920.0], "1.21": [2176.0, 1792.0],
+    "1.29": [2304.0, 1792.0], "1.38": [2304.0, 1664.0], "1.46": [2432.0, 1664.0], "1.67": [2560.0, 1536.0],
+    "1.75": [2688.0, 1536.0], "2.0": [2816.0, 1408.0], "2.09": [2944.0, 1408.0], "2.4": [3072.0, 1280.0],
+    "2.5": [3200.0, 1280.0], "2.89": [3328.0, 1152.0], "3.0": [3456.0, 1152.0], "3.11": [3584.0, 1152.0],
+    "3.62": [3712.0, 1024.0], "3.75": [3840.0, 1024.0], "3.88": [3968.0, 1024.0], "4.0": [4096.0, 1024.0],
+}
 
 ASPECT_RATIO_1024_BIN: dict[str, list[float]] = {
     "0.25": [512.0, 2048.0],
@@ -137,17 +151,21 @@ BINS_BY_SAMPLE_SIZE: dict[int, dict[str, list[float]]] = {
     64: ASPECT_RATIO_512_BIN,
     32: ASPECT_RATIO_256_BIN,
 }
-"""The bins a PixArt transformer was trained with, by its ``sample_size`` (latent side: 8x smaller)."""
+"""The bins a PixArt-α transformer was trained with, by its ``sample_size`` (latent side: 8x smaller)."""
+
+SIGMA_BINS_BY_SAMPLE_SIZE: dict[int, dict[str, list[float]]] = {256: ASPECT_RATIO_2048_BIN, **BINS_BY_SAMPLE_SIZE}
+"""PixArt-Σ's: α's and the 2K model's 2048 px bins."""
 
 
-def bins_for_sample_size(sample_size: int) -> dict[str, list[float]]:
-    """The aspect-ratio bins of a transformer ``sample_size``; ValueError (diffusers' "Invalid sample
-    size", with what to do) for a size that has none."""
-    if sample_size not in BINS_BY_SAMPLE_SIZE:
-        sizes = ", ".join(f"{s} ({s * 8} px)" for s in BINS_BY_SAMPLE_SIZE)
+def bins_for_sample_size(sample_size: int, bins: Mapping[int, dict[str, list[float]]] = BINS_BY_SAMPLE_SIZE
+                         ) -> dict[str, list[float]]:
+    """The aspect-ratio bins of a transformer ``sample_size`` in ``bins`` (α's by default); ValueError (diffusers'
+    "Invalid sample size", with what to do) for a size that has none."""
+    if sample_size not in bins:
+        sizes = ", ".join(f"{s} ({s * 8} px)" for s in bins)
         raise ValueError(
             f"Invalid sample size: the transformer's sample_size is {sample_size}, and resolution binning has bins"
             f" only for sample sizes {sizes}. Pass `use_resolution_binning=False` (command line:"
             " `--no-resolution-binning`) to generate at exactly `height` x `width`."
         )
-    return BINS_BY_SAMPLE_SIZE[sample_size]
+    return bins[sample_size]

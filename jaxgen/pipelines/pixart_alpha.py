@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -19,7 +19,7 @@ import numpy as np
 from jaxgen.models.autoencoder_kl import AutoencoderKL
 from jaxgen.models.pixart_transformer import PixArtTransformer2DModel
 from jaxgen.pipelines import checks
-from jaxgen.pipelines.aspect_ratio_bins import bins_for_sample_size, classify_height_width_bin
+from jaxgen.pipelines.aspect_ratio_bins import BINS_BY_SAMPLE_SIZE, bins_for_sample_size, classify_height_width_bin
 from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, as_key, unbind
 from jaxgen.pipelines.sampling import Denoiser
@@ -78,6 +78,10 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         "scheduler": ComponentSpec("scheduler"),
     }
     _denoiser = "transformer"
+    # what PixArt-Σ (``PixArtSigmaPipeline``) sets otherwise
+    default_max_sequence_length: ClassVar[int] = 120  # T5 tokens of a prompt when ``max_sequence_length`` is None
+    aspect_ratio_bins: ClassVar[Mapping[int, dict]] = BINS_BY_SAMPLE_SIZE  # resolution binning's, by sample_size
+    micro_conditions: ClassVar[bool] = True  # the 1024 px model's resolution and aspect ratio, as diffusers' α
 
     @property
     def prompt_embeds_width(self) -> int | None:
@@ -95,14 +99,17 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         prompt_attention_mask: Any = None,
         negative_prompt_attention_mask: Any = None,
         clean_caption: bool = False,
-        max_sequence_length: int = 120,
+        max_sequence_length: int | None = None,
         **kwargs: Any,
     ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
-        """T5 embeddings of the prompt and (with guidance) the negative prompt, repeated per image.
+        """T5 embeddings of the prompt and (with guidance) the negative prompt, repeated per image, padded or cut to
+        ``max_sequence_length`` tokens (None: ``default_max_sequence_length``, diffusers' 120 for α, 300 for Σ).
 
         Returns ``(prompt_embeds (B*n, L, D), prompt_attention_mask (B*n, L), negative_prompt_embeds,
         negative_prompt_attention_mask)``, the negatives None without guidance: diffusers' values.
         """
+
+        max_sequence_length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
 
         def encode(texts: Any, length: int | None) -> tuple[jax.Array, jax.Array]:
             (embeds,), mask = self.encode_texts(text_preprocessing(texts, clean_caption=clean_caption),
@@ -151,7 +158,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         if not use_resolution_binning:
             return size, size
         checks.check_size(*size)
-        return classify_height_width_bin(*size, ratios=bins_for_sample_size(sample_size)), size
+        return classify_height_width_bin(*size, ratios=bins_for_sample_size(sample_size, self.aspect_ratio_bins)), size
 
     def __call__(
         self,
@@ -177,7 +184,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         callback_steps: int = 1,
         clean_caption: bool = True,
         use_resolution_binning: bool = True,
-        max_sequence_length: int = 120,
+        max_sequence_length: int | None = None,
         **kwargs: Any,
     ) -> ImagePipelineOutput | tuple:
         """Generate images from text.
@@ -186,8 +193,10 @@ class PixArtAlphaPipeline(DiffusionPipeline):
         key). ``latents``: the initial noise, (batch * num_images_per_prompt, height // 8,
         width // 8, 4), channels last. ``output_type``: "pil" (list of PIL images), "np" (float32
         NHWC in [0, 1]) or "latent" (NHWC latents). Returns ``ImagePipelineOutput(images=...)``,
-        or ``(images,)`` with ``return_dict=False``.
+        or ``(images,)`` with ``return_dict=False``. ``max_sequence_length`` None: the class's
+        ``default_max_sequence_length`` (diffusers' default: 120 for α, 300 for Σ).
         """
+        max_sequence_length = self.default_max_sequence_length if max_sequence_length is None else max_sequence_length
         kwargs.pop("mask_feature", None)  # deprecated in diffusers, no effect
         self.check_call(kwargs, num_images_per_prompt=num_images_per_prompt, guidance_scale=guidance_scale,
                         output_type=output_type, num_inference_steps=num_inference_steps, timesteps=timesteps,
@@ -230,7 +239,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
             "encoder_hidden_states": self.guidance_rows(embeds, negative, batch.rows, dtype),
             "encoder_attention_mask": self.guidance_rows(mask, negative_mask, batch.rows),
         }
-        if self.transformer.config.sample_size == 128:
+        if self.micro_conditions and self.transformer.config.sample_size == 128:
             n = cond["encoder_hidden_states"].shape[0]
             cond["added_cond_kwargs"] = {
                 "resolution": self.shard_rows(np.tile(np.asarray([[height, width]], np.dtype(dtype)), (n, 1)), n),
@@ -240,7 +249,7 @@ class PixArtAlphaPipeline(DiffusionPipeline):
 
     def _placeholder_embeds(self, batch_size: int, guided: bool, call: Any) -> dict[str, Any]:
         config = self.transformer.config
-        length = call.get("max_sequence_length", 120)
+        length = call.get("max_sequence_length") or self.default_max_sequence_length  # None: the default
         embeds = np.zeros((batch_size, length, config.caption_channels or config.cross_attention_dim), np.float32)
         mask = np.ones((batch_size, length), np.int32)
         inputs: dict[str, Any] = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
