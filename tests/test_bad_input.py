@@ -19,6 +19,7 @@ from tests.conftest import count_compiles
 # pipeline class -> the tiny_hub checkpoint it loads from (``prior=``: the prior of a combined pipeline)
 CHECKPOINTS = {
     "PixArtAlphaPipeline": "PixArt-alpha/PixArt-XL-2-512x512",
+    "PixArtSigmaPipeline": "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
     **dict.fromkeys(("IFPipeline", "IFImg2ImgPipeline", "IFInpaintingPipeline"), "DeepFloyd/IF-I-XL-v1.0"),
     **dict.fromkeys(("IFSuperResolutionPipeline", "IFImg2ImgSuperResolutionPipeline",
                      "IFInpaintingSuperResolutionPipeline"), "DeepFloyd/IF-II-L-v1.0"),

@@ -32,9 +32,10 @@ HUB_IDS = (
     "warp-ai/wuerstchen", "thu-ml/unidiffuser-v1",
 )
 """One tiny_hub checkpoint per pipeline layout: every family's prior and decoder. The others hold the same component
-classes under other configs (PixArt 1024; Kandinsky's inpainting and ControlNet decoders), whose key maps do not
+classes under other configs (PixArt 1024, PixArt-Σ; Kandinsky's inpainting and ControlNet decoders), whose key maps do not
 depend on the config beyond what these cover; left out for the suite's time."""
-SAME_CLASSES = ("PixArt-alpha/PixArt-XL-2-1024-MS", "kandinsky-community/kandinsky-2-1-inpaint",
+SAME_CLASSES = ("PixArt-alpha/PixArt-XL-2-1024-MS", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+                "kandinsky-community/kandinsky-2-1-inpaint",
                 "kandinsky-community/kandinsky-2-2-decoder-inpaint", "kandinsky-community/kandinsky-2-2-controlnet-depth")
 COMBINED = ("kandinsky-community/kandinsky-2-1", "kandinsky-community/kandinsky-2-2-decoder", "warp-ai/wuerstchen")
 """Decoders that ``AutoPipelineForText2Image`` loads as a combined pipeline, with the prior their README.md names."""
