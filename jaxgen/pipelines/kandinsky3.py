@@ -36,7 +36,7 @@ from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
 from jaxgen.models.vq_model import VQModel
 from jaxgen.pipelines import checks
 from jaxgen.pipelines.kandinsky.common import MoVQParts, latent_size
-from jaxgen.pipelines.loading import HostModel, config_param_bytes, quantized_components
+from jaxgen.pipelines.loading import HostModel, config_param_bytes, quantized_components, read_on_host
 from jaxgen.pipelines.outputs import ImagePipelineOutput
 from jaxgen.pipelines.pipeline_utils import Batch, ComponentSpec, DiffusionPipeline, _per_image, unbind
 from jaxgen.pipelines.sampling import ClassifierFreeGuidance, Denoiser, NoGuidance
@@ -81,17 +81,6 @@ def _component_bytes(root: Any, name: str, model_class: Any, dtype: Any) -> int:
     if not (folder / model_class.config_name).is_file():
         return 0
     return config_param_bytes(model_class, folder, dtype)[1]
-
-
-def _host_text_encoder(source: Any, *, dtype: Any, variant: str | None, int8: bool) -> HostModel:
-    """The T5 read into host memory (the CPU backend), quantized to int8 there when ``int8``."""
-    from jaxgen.quantize import quantize_t5
-
-    with jax.default_device(jax.devices("cpu")[0]):
-        module, params = T5EncoderModel.from_pretrained(source, subfolder="text_encoder", dtype=dtype, variant=variant)
-        if int8:
-            module, params = quantize_t5(module, params)
-        return HostModel(module, jax.device_get(params))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,8 +147,9 @@ class _Kandinsky3Base(MoVQParts, DiffusionPipeline):
                     logger.warning("jaxgen: Kandinsky 3's T5 does not fit on one chip in %s: its weights are quantized"
                                    " to int8 while loading (text_encoder_int8=False keeps them)", jnp.dtype(dtype).name)
                 if offload and not model_cpu_offload:  # with it, the base reads every model to the host
-                    components["text_encoder"] = _host_text_encoder(pretrained_model_name_or_path, dtype=dtype,
-                                                                    variant=variant, int8=int8)
+                    components["text_encoder"] = HostModel(*read_on_host(
+                        T5EncoderModel, pretrained_model_name_or_path, subfolder="text_encoder", dtype=dtype,
+                        variant=variant, int8=int8))
                 elif int8:  # quantized on the host while loading, then placed (or held there, model_cpu_offload)
                     text_encoder_quantization = "int8"
         return super().from_pretrained(pretrained_model_name_or_path, dtype=dtype, variant=variant, mesh=mesh,

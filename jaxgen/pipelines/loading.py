@@ -206,13 +206,15 @@ def quantized_components(specs: Mapping[str, ComponentSpec], quantization: str |
     return names
 
 
-def read_on_host(model_class: Any, folder: Path, *, dtype: Any, variant: str | None, int8: bool = False) -> Any:
-    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there when ``int8``.
-    Returns ``(module, numpy params)``: nothing on the accelerators."""
+def read_on_host(model_class: Any, folder: str | os.PathLike, *, dtype: Any, variant: str | None, int8: bool = False,
+                 subfolder: str | None = None) -> Any:
+    """A model read into host memory (the CPU backend), its Dense kernels quantized to int8 there when ``int8``
+    (``folder``: a component folder, or a checkpoint with ``subfolder``). Returns ``(module, numpy params)``:
+    nothing on the accelerators."""
     from jaxgen.quantize import quantize_encoder
 
     with jax.default_device(jax.devices("cpu")[0]):
-        module, params = model_class.from_pretrained(folder, dtype=dtype, variant=variant)
+        module, params = model_class.from_pretrained(folder, subfolder=subfolder, dtype=dtype, variant=variant)
         if int8:
             module, params = quantize_encoder(module, params)
         return module, jax.device_get(params)  # numpy: the CPU copies go as the function returns

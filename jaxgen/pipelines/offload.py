@@ -47,6 +47,15 @@ def host_memory_kind(mesh: Mesh) -> str | None:
     return HOST_MEMORY_KIND if any(m.kind == HOST_MEMORY_KIND for m in device.addressable_memories()) else None
 
 
+def _in_host_memory(module: Any, params: Any, mesh: Mesh, kind: str, put: Any) -> Any:
+    """``params`` as ``kind`` memory arrays with their sharding on ``mesh`` (``put(x, sharding)`` moves each leaf),
+    complete when this returns: a load is then one DMA per shard back to the same layout."""
+    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    shardings = sharding.param_shardings(module, mesh, shapes)
+    return jax.block_until_ready(
+        jax.tree_util.tree_map(lambda x, s: put(x, s.with_memory_kind(kind)), params, shardings))
+
+
 def hold(module: Any, params: Any, mesh: Mesh) -> OffloadedModel:
     """A module and its params in host memory (numpy, or arrays on the CPU backend: what loading on the host
     gives) -> an ``OffloadedModel`` on ``mesh``, its params never on the devices: ``pinned_host`` arrays with
@@ -55,12 +64,9 @@ def hold(module: Any, params: Any, mesh: Mesh) -> OffloadedModel:
     kind = host_memory_kind(mesh)
     if kind is None:
         return OffloadedModel(module, jax.device_get(params), mesh)
-    shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    shardings = sharding.param_shardings(module, mesh, shapes)
     # numpy first: a CPU-backend array is then read in place, whatever backend the mesh is on
-    host = jax.tree_util.tree_map(
-        lambda x, s: sharding.put_host_array(np.asarray(x), s.with_memory_kind(kind)), params, shardings)
-    return OffloadedModel(module, jax.block_until_ready(host), mesh)
+    put = lambda x, s: sharding.put_host_array(np.asarray(x), s)
+    return OffloadedModel(module, _in_host_memory(module, params, mesh, kind, put), mesh)
 
 
 def offload(bound: Any, mesh: Mesh, outputs: dict | None = None) -> OffloadedModel:
@@ -71,11 +77,8 @@ def offload(bound: Any, mesh: Mesh, outputs: dict | None = None) -> OffloadedMod
     kind = host_memory_kind(mesh)
     if kind is None or not all(isinstance(x, jax.Array) for x in jax.tree_util.tree_leaves(params)):
         host = jax.device_get(params)
-    else:  # the sharding the params have on the mesh, in host memory: a load is a DMA back to the same layout
-        shapes = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        shardings = sharding.param_shardings(module, mesh, shapes)
-        host = jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s.with_memory_kind(kind)), params, shardings)
-        host = jax.block_until_ready(host)
+    else:  # device to host memory directly, each shard where it is
+        host = _in_host_memory(module, params, mesh, kind, jax.device_put)
     held = OffloadedModel(module, host, mesh)
     if outputs is not None:
         held.outputs = outputs
