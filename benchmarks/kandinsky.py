@@ -111,22 +111,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
-import platform
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-CONFIGS = REPO / "tests" / "configs"
+import harness  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
+from harness import (CONFIGS, decode_reps, environment_meta, list_arguments, log, measure, parse_lists,  # noqa: E402
+                     random_array, read_config, report, run_arguments, shipping_denoise, start_run, time_compiled,
+                     time_pipeline)
+
 DECODER_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1"
 PRIOR_DIR = CONFIGS / "kandinsky-community__kandinsky-2-1-prior"
 PRIOR22_DIR = CONFIGS / "kandinsky-community__kandinsky-2-2-prior"
@@ -153,22 +152,6 @@ GUIDANCE3 = 3.0  # Kandinsky3Pipeline's default: (g + 1) text - g uncond, i.e. u
 PROMPT = "a photo of a cat"
 TOKENIZER_NOTE = ("tokenizers: tiny stand-ins built here (the Hub is unreachable); their ids are below the real "
                   "vocab sizes and prompts are padded to 77 tokens, so the models do the real work")
-# dense datasheet peaks, FLOP/s, by a substring of JAX's device_kind (first match): bfloat16 on tensor cores / MXUs;
-# float32 on GPUs as TF32 tensor cores (what JAX's default matmul precision uses there; PyTorch's matmuls do not)
-PEAKS = (("H200", {"bfloat16": 989e12, "float32": 495e12}), ("H100 PCIe", {"bfloat16": 756e12, "float32": 378e12}),
-         ("H100", {"bfloat16": 989e12, "float32": 495e12}), ("A100", {"bfloat16": 312e12, "float32": 156e12}),
-         ("TPU v4", {"bfloat16": 275e12}), ("TPU v5 lite", {"bfloat16": 197e12}), ("TPU v5", {"bfloat16": 459e12}),
-         ("TPU v6 lite", {"bfloat16": 918e12}))
-_START = time.perf_counter()
-_COMPILES: list[float] = []  # backend compile durations, from jax.monitoring
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')} +{time.perf_counter() - _START:6.1f}s] {message}", file=sys.stderr, flush=True)
-
-
-def _read(path: Path) -> dict:
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,23 +183,23 @@ def real_setup(resolution: int, parts: list[str]) -> Setup:
     """The real configs (all of them; the label names the models of ``parts``' versions). The 2.2 MoVQ's
     config is the 2.1 one, the schedulers' the same files too; each part reads its own version's."""
     configs = {
-        "prior": _read(PRIOR_DIR / "prior" / "config.json"),
-        "prior_text_encoder": _read(PRIOR_DIR / "text_encoder" / "config.json"),
-        "image_encoder": _read(PRIOR_DIR / "image_encoder" / "config.json"),
-        "prior_scheduler": _read(PRIOR_DIR / "scheduler" / "scheduler_config.json"),
-        "unet": _read(DECODER_DIR / "unet" / "config.json"),
-        "movq": _read(DECODER_DIR / "movq" / "config.json"),
-        "text_encoder": _read(DECODER_DIR / "text_encoder" / "config.json"),
-        "scheduler": _read(DECODER_DIR / "scheduler" / "scheduler_config.json"),
-        "prior22": _read(PRIOR22_DIR / "prior" / "config.json"),
-        "prior22_scheduler": _read(PRIOR22_DIR / "scheduler" / "scheduler_config.json"),
-        "unet22": _read(DECODER22_DIR / "unet" / "config.json"),
-        "scheduler22": _read(DECODER22_DIR / "scheduler" / "scheduler_config.json"),
-        "controlnet": _read(CONTROLNET_DIR / "unet" / "config.json"),
-        "controlnet_scheduler": _read(CONTROLNET_DIR / "scheduler" / "scheduler_config.json"),
-        "unet3": _read(K3_DIR / "unet" / "config.json"),
-        "movq3": _read(K3_DIR / "movq" / "config.json"),
-        "scheduler3": _read(K3_DIR / "scheduler" / "scheduler_config.json"),
+        "prior": read_config(PRIOR_DIR / "prior" / "config.json"),
+        "prior_text_encoder": read_config(PRIOR_DIR / "text_encoder" / "config.json"),
+        "image_encoder": read_config(PRIOR_DIR / "image_encoder" / "config.json"),
+        "prior_scheduler": read_config(PRIOR_DIR / "scheduler" / "scheduler_config.json"),
+        "unet": read_config(DECODER_DIR / "unet" / "config.json"),
+        "movq": read_config(DECODER_DIR / "movq" / "config.json"),
+        "text_encoder": read_config(DECODER_DIR / "text_encoder" / "config.json"),
+        "scheduler": read_config(DECODER_DIR / "scheduler" / "scheduler_config.json"),
+        "prior22": read_config(PRIOR22_DIR / "prior" / "config.json"),
+        "prior22_scheduler": read_config(PRIOR22_DIR / "scheduler" / "scheduler_config.json"),
+        "unet22": read_config(DECODER22_DIR / "unet" / "config.json"),
+        "scheduler22": read_config(DECODER22_DIR / "scheduler" / "scheduler_config.json"),
+        "controlnet": read_config(CONTROLNET_DIR / "unet" / "config.json"),
+        "controlnet_scheduler": read_config(CONTROLNET_DIR / "scheduler" / "scheduler_config.json"),
+        "unet3": read_config(K3_DIR / "unet" / "config.json"),
+        "movq3": read_config(K3_DIR / "movq" / "config.json"),
+        "scheduler3": read_config(K3_DIR / "scheduler" / "scheduler_config.json"),
     }
     versions = {"2.1": "prior 1.0B, UNet 1.2B, MoVQ 68M, M-CLIP, CLIP ViT-L text and vision",
                 "2.2": "prior 1.0B, UNet 1.2B, ControlNet-depth UNet 1.2B", "3": "UNet 3.06B, MoVQ 0.27B"}
@@ -316,10 +299,6 @@ def _fallback_tokenizers(folder: Path) -> dict:
     return {"clip": clip, "xlmr": XLMRobertaTokenizerFast(vocab=pieces, model_max_length=512)}
 
 
-def _random(shape: tuple, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-
-
 def _prompt_mask(tokens: int) -> np.ndarray:
     """A (1, 77) int32 tokenizer mask with ``tokens`` real tokens."""
     return (np.arange(TEXT_LEN) < tokens).astype(np.int32)[None]
@@ -332,8 +311,8 @@ def prior_inputs(setup: Setup, model: str) -> Pairs:
     """The prior's conditioning for one image: CLIP text embeds (1, D), hidden states (1, 77, D) (D: the
     embedding width, the CLIP text width of both versions) and the tokenizer mask, prompt and negative."""
     dim = setup.configs[model]["embedding_dim"]
-    return {"proj_embedding": (_random((1, dim), 2), _random((1, dim), 3)),
-            "encoder_hidden_states": (_random((1, TEXT_LEN, dim), 4), _random((1, TEXT_LEN, dim), 5)),
+    return {"proj_embedding": (random_array((1, dim), 2), random_array((1, dim), 3)),
+            "encoder_hidden_states": (random_array((1, TEXT_LEN, dim), 4), random_array((1, TEXT_LEN, dim), 5)),
             "attention_mask": (_prompt_mask(7), _prompt_mask(2))}
 
 
@@ -343,7 +322,7 @@ def decoder_inputs(setup: Setup, part: str) -> Pairs:
     the ControlNet the depth hint in [0, 1] at 8x the latents' size, the same in both halves (as diffusers'
     pipeline repeats it)."""
     cfg = setup.configs[STEPS[part][0]]
-    pair = lambda shape, seed: (_random(shape, seed), _random(shape, seed + 1))
+    pair = lambda shape, seed: (random_array(shape, seed), random_array(shape, seed + 1))
     if part == "unet":
         return {"encoder_hidden_states": pair((1, TEXT_LEN, cfg["encoder_hid_dim"]), 2),
                 "text_embeds": pair((1, setup.configs["text_encoder"]["numDims"]), 4),
@@ -364,43 +343,11 @@ def k3_inputs(setup: Setup) -> Pairs:
     the same output.)"""
     width = setup.configs["unet3"]["encoder_hid_dim"]
     mask = (np.arange(TEXT3_LEN) < PROMPT3_TOKENS).astype(np.int32)[None]
-    text = _random((1, TEXT3_LEN, width), 2) * mask[..., None]
+    text = random_array((1, TEXT3_LEN, width), 2) * mask[..., None]
     return {"encoder_hidden_states": (text, np.zeros_like(text)), "encoder_attention_mask": (mask, np.zeros_like(mask))}
 
 
-def _flops(compiled: Any) -> float | None:
-    try:
-        cost = compiled.cost_analysis()
-    except Exception:  # noqa: BLE001 - a backend without cost analysis
-        return None
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
-
-
-def _record_compile(event: str, duration: float, **kwargs: Any) -> None:
-    if event == "/jax/core/compile/backend_compile_duration":
-        _COMPILES.append(duration)
-
-
 # ----------------------------------------------------------------------------- jaxgen
-
-
-def shipping_denoise(pipe: Any, denoiser: Any, params: Any, latents: Any, state: Any, cond: Any,
-                     steps: int, scale: float = GUIDANCE) -> tuple[tuple, dict]:
-    """``sampling.denoise``'s arguments as ``DiffusionPipeline.denoise`` passes them with guidance on
-    (``uncond + scale (text - uncond)``), the progress bar disabled and no callback: ``(args, static keywords)``."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxgen import sharding
-    from jaxgen.pipelines import sampling
-    from jaxgen.pipelines.pipeline_utils import as_key
-
-    scheduler, key = pipe.scheduler, jax.random.split(as_key(0))[1]
-    args = (denoiser, scheduler, params, latents, state, cond, jnp.float32(scale), key, jnp.int32(steps))
-    eta = 0.0 if sampling.accepts(scheduler.step, "eta") else None
-    return args, dict(guidance=sampling.ClassifierFreeGuidance(), post_step=None, eta=eta, show_progress=False,
-                      callback=None, callback_steps=1, batch_sharding=sharding.batch_sharding(pipe.mesh))
 
 
 def guidance_cond(pipe: Any, pairs: Pairs, dtype: Any) -> dict:
@@ -411,12 +358,10 @@ def guidance_cond(pipe: Any, pairs: Pairs, dtype: Any) -> dict:
             for name, (positive, negative) in pairs.items()}
 
 
-class Side:
-    """What both halves share: the models, built on first use and freed once no later part needs them, and
-    the step parts' dispatch."""
+class Side(harness.Side):
+    """What both Kandinsky halves add to ``harness.Side``: the step parts' dispatch and the pipelines' tokenizers."""
 
-    name: str
-    models: dict
+    tokenizers: dict | None = None
 
     def step(self, part: str) -> dict:
         """One guided step of a prior (``prior_step``), a 2.x decoder UNet (``decoder_step``) or Kandinsky 3's
@@ -428,29 +373,12 @@ class Side:
             return self.k3_step(model, scheduler)
         return self.decoder_step(part, model, scheduler)
 
-    def release(self, keep: set[str]) -> None:
-        for name in [name for name in self.models if name not in keep]:
-            del self.models[name]
-        gc.collect()
 
-    def close(self) -> None:
-        self.release(set())
-
-
-class JaxSide(Side):
-    """jaxgen's half of one dtype: each model built once, on first use, then the measurements."""
-
-    name = "jaxgen"
-
-    def __init__(self, setup: Setup, dtype_name: str, steps: int) -> None:
-        import jax.numpy as jnp
-
-        self.setup, self.dtype_name, self.dtype, self.steps = setup, dtype_name, jnp.dtype(dtype_name), steps
-        self.models: dict[str, tuple] = {}
-        self.tokenizers: dict | None = None
+class JaxSide(Side, harness.JaxSide):
+    """jaxgen's half of one dtype: ``harness.JaxSide``'s models and timing with Kandinsky's models and pipelines."""
 
     def model_class(self, name: str) -> Any:
-        """jaxgen's class of the component ``name`` (a subclass for another family overrides this)."""
+        """jaxgen's class of the component ``name``."""
         from jaxgen.models.kandinsky3_unet import Kandinsky3UNet
         from jaxgen.models.prior_transformer import PriorTransformer
         from jaxgen.models.unet_2d_condition import UNet2DConditionModel
@@ -462,21 +390,6 @@ class JaxSide(Side):
                    "text_encoder": MultilingualCLIP, "prior_text_encoder": CLIPTextModelWithProjection,
                    "image_encoder": CLIPVisionModelWithProjection}
         return classes[KINDS.get(name, name)]
-
-    def model(self, name: str) -> tuple:
-        """(module, params) of a component, random, in this side's dtype."""
-        import jax
-
-        from random_weights import jax_random_params
-
-        if name not in self.models:
-            start = time.perf_counter()
-            module = self.model_class(name).from_config(self.setup.configs[name], dtype=self.dtype)
-            params = jax.block_until_ready(jax_random_params(module, self.dtype))
-            size = sum(x.size for x in jax.tree_util.tree_leaves(params))
-            log(f"jaxgen {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
-            self.models[name] = (module, params)
-        return self.models[name]
 
     def prior_pipe(self, full: bool = False, prior: str = "prior", scheduler: str = "prior_scheduler") -> Any:
         from jaxgen.pipelines.kandinsky import KandinskyPriorPipeline
@@ -507,25 +420,6 @@ class JaxSide(Side):
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _time_loop(self, pipe: Any, args: tuple, options: dict) -> dict:
-        """Compile ``sampling.denoise`` ahead, warm up with one step, time ``self.steps`` steps."""
-        import jax
-        import jax.numpy as jnp
-
-        from jaxgen.pipelines import sampling
-
-        with pipe._mesh_context():
-            start = time.perf_counter()
-            lowered = sampling.denoise.lower(*args, **options)
-            compiled = lowered.compile()
-            compile_s = time.perf_counter() - start
-            dynamic = args[2:8]
-            jax.block_until_ready(compiled(*dynamic, jnp.int32(1)))  # latents: an array or a pytree of them
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*dynamic, jnp.int32(self.steps)))
-            seconds = (time.perf_counter() - start) / self.steps
-        return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered)}
-
     def prior_step(self, model: str, scheduler: str) -> dict:
         """One guided prior step, inputs as ``KandinskyPriorPipeline.sample_embeds`` lays them out for one image."""
         from jaxgen.pipelines.kandinsky.prior import PriorDenoiser
@@ -534,10 +428,10 @@ class JaxSide(Side):
         module, params = self.model(model)
         dim = module.config.embedding_dim
         state = pipe.prepare_timesteps(max(self.steps, 2), None, None, (1, dim))
-        latents = pipe.shard_rows(_random((1, dim), 1) * pipe.scheduler.init_noise_sigma, 1)
+        latents = pipe.shard_rows(random_array((1, dim), 1) * pipe.scheduler.init_noise_sigma, 1)
         cond = guidance_cond(pipe, prior_inputs(self.setup, model), module.dtype)
         return self._time_loop(pipe, *shipping_denoise(pipe, PriorDenoiser(module), params, latents, state, cond,
-                                                       self.steps))
+                                                       self.steps, GUIDANCE))
 
     def decoder_step(self, part: str, model: str, scheduler: str) -> dict:
         """One guided decoder step, inputs as ``KandinskyDecoderBase.sample`` lays them out for one image."""
@@ -547,10 +441,11 @@ class JaxSide(Side):
         module, params = self.model(model)
         shape = (1, *self.setup.latent_shape)
         state = pipe.prepare_timesteps(self.steps, None, None, shape)
-        latents = pipe.shard_rows(_random(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
+        latents = pipe.shard_rows(random_array(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
         cond = guidance_cond(pipe, decoder_inputs(self.setup, part), module.dtype)
         denoiser = KandinskyDenoiser(module, self.setup.latent_shape[-1])
-        return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps))
+        return self._time_loop(pipe, *shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps,
+                                                       GUIDANCE))
 
     def k3_step(self, model: str, scheduler: str) -> dict:
         """One guided Kandinsky 3 step: the shipping loop with a ``Kandinsky3UNet`` denoiser
@@ -560,7 +455,7 @@ class JaxSide(Side):
         module, params = self.model(model)
         shape = (1, *self.setup.latents_of("movq3"))
         state = pipe.prepare_timesteps(self.steps, None, None, shape)
-        latents = pipe.shard_rows(_random(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
+        latents = pipe.shard_rows(random_array(shape, 1) * pipe.scheduler.init_noise_sigma, 1)
         from jaxgen.pipelines.kandinsky3 import padded_context
 
         pairs = k3_inputs(self.setup)  # padded to 128 tokens as the pipeline passes them (one loop for all lengths)
@@ -579,9 +474,9 @@ class JaxSide(Side):
 
         pipe = self.decoder_pipe(("movq",), movq=name)
         module, params = self.model(name)
-        latents = pipe.shard_rows(_random((1, *self.setup.latents_of(name)), 1), 1)
+        latents = pipe.shard_rows(random_array((1, *self.setup.latents_of(name)), 1), 1)
         with pipe._mesh_context():
-            return time_compiled(decode_movq, (module,), (params, latents), _decode_reps(self.steps))
+            return time_compiled(decode_movq, (module,), (params, latents), decode_reps(self.steps))
 
     def pipeline(self, prior_steps: int, decoder_steps: int) -> dict:
         """``KandinskyPriorPipeline`` then ``KandinskyPipeline``, one image; the second call timed."""
@@ -594,7 +489,7 @@ class JaxSide(Side):
                            width=self.setup.resolution, num_inference_steps=decoder_steps, guidance_scale=GUIDANCE,
                            rng=0, output_type="np").images
 
-        return _time_pipeline(call, lambda: None)
+        return time_pipeline(call, lambda: None)
 
 
 def k3_denoiser(unet: Any) -> Any:
@@ -604,83 +499,15 @@ def k3_denoiser(unet: Any) -> Any:
     return Kandinsky3Denoiser(unet)
 
 
-def time_compiled(fn: Any, static: tuple, args: tuple, reps: int, check: Callable[[Any], dict] | None = None) -> dict:
-    """A jitted ``fn`` compiled ahead (``fn.lower(*static, *args).compile()``; ``static``: its static leading
-    arguments, e.g. the module), one warm-up call, then ``reps`` calls timed: seconds per call, the compile
-    time, XLA's FLOP counts of the compiled and lowered programs, the output's shape (each output's, for a tuple),
-    and what ``check(output)`` returns, if given (after the clock stops)."""
-    import jax
-
-    start = time.perf_counter()
-    lowered = fn.lower(*static, *args)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))
-    start = time.perf_counter()
-    for _ in range(reps):
-        out = compiled(*args)
-    jax.block_until_ready(out)
-    seconds = (time.perf_counter() - start) / reps
-    shape = list(out.shape) if hasattr(out, "shape") else [list(x.shape) for x in out]
-    return {"seconds": seconds, "compile_s": compile_s, "flops": _flops(compiled), "flops_lowered": _flops(lowered),
-            "output_shape": shape, **(check(out) if check else {})}
-
-
-def _decode_reps(steps: int) -> int:
-    """Decodes timed: ``steps``, at most 3 on a CPU (seconds each there at 512 px)."""
-    import jax
-
-    return max(1, min(3, steps) if jax.default_backend() == "cpu" else steps)
-
-
-def _time_pipeline(call: Callable[[], np.ndarray], sync: Callable[[], None]) -> dict:
-    """The first call (compiles; XLA compiles counted) and the second (timed) of a whole-pipeline call."""
-    compiles = len(_COMPILES)
-    start = time.perf_counter()
-    images = call()
-    sync()
-    first = time.perf_counter() - start
-    new = _COMPILES[compiles:]
-    start = time.perf_counter()
-    images = call()
-    sync()
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "first_call_s": first, "first_call_programs_compiled": len(new),
-            "first_call_compile_s": sum(new), "first_call_longest_compiles_s": sorted(new)[::-1][:4],
-            "output_shape": list(np.shape(images)),
-            "output_finite": bool(np.isfinite(np.asarray(images, np.float32)).all())}
-
-
 # ----------------------------------------------------------------------------- diffusers
 
 
-class TorchSide(Side):
-    """diffusers' half of one dtype, on "cuda" when there is one: each model built once, then the measurements."""
-
-    name = "diffusers"
-
-    def __init__(self, setup: Setup, dtype_name: str, steps: int) -> None:
-        import diffusers
-        import torch
-        import transformers
-
-        diffusers.utils.logging.set_verbosity_error()  # "modules that should be kept in float32: []" after .to(dtype)
-        transformers.utils.logging.set_verbosity_error()
-        self.setup, self.dtype_name, self.steps = setup, dtype_name, steps
-        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.models: dict[str, Any] = {}
-        self.tokenizers: dict | None = None
-
-    def sync(self) -> None:
-        import torch
-
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+class TorchSide(Side, harness.TorchSide):
+    """diffusers' half of one dtype: ``harness.TorchSide``'s models and timing with Kandinsky's models and loop
+    bodies."""
 
     def builder(self, name: str) -> Callable[[], Any]:
-        """A constructor of diffusers' (or transformers') model ``name`` (a subclass for another family overrides
-        this)."""
+        """A constructor of diffusers' (or transformers') model ``name``."""
         import diffusers
         import transformers
         from diffusers.pipelines.kandinsky.text_encoder import MCLIPConfig, MultilingualCLIP
@@ -700,20 +527,10 @@ class TorchSide(Side):
         }
         return builders[KINDS.get(name, name)]
 
-    def model(self, name: str) -> Any:
-        from random_weights import torch_random_module
-
-        if name not in self.models:
-            start = time.perf_counter()
-            self.models[name] = torch_random_module(self.builder(name), self.dtype, self.device)
-            size = sum(p.numel() for p in self.models[name].parameters())
-            log(f"diffusers {self.dtype_name}: built {name} ({size / 1e6:.0f}M params) in {time.perf_counter() - start:.1f} s")
-        return self.models[name]
-
     def _tensor(self, shape: tuple, seed: int) -> Any:
         import torch
 
-        return torch.from_numpy(_random(shape, seed)).to(self.device, self.dtype)
+        return torch.from_numpy(random_array(shape, seed)).to(self.device, self.dtype)
 
     def _rows(self, pairs: Pairs) -> dict:
         """``pairs`` as diffusers' pipelines lay them out: [negative; positive], images NCHW, floating ones in
@@ -727,15 +544,6 @@ class TorchSide(Side):
             tensor = torch.from_numpy(rows).to(self.device)
             out[name] = tensor.to(self.dtype) if tensor.is_floating_point() else tensor.bool()
         return out
-
-    def _time_steps(self, loop: Callable[[int], Any]) -> dict:
-        """``loop(limit)`` runs the first ``limit`` steps of a ``self.steps``-step schedule: one to warm up, then all."""
-        loop(1)
-        self.sync()
-        start = time.perf_counter()
-        loop(self.steps)
-        self.sync()
-        return {"seconds": (time.perf_counter() - start) / self.steps}
 
     def prior_step(self, model: str, scheduler_config: str) -> dict:
         """The loop body of ``KandinskyPriorPipeline.__call__`` (``KandinskyV22PriorPipeline``'s is the same)
@@ -837,7 +645,7 @@ class TorchSide(Side):
         with torch.no_grad():
             movq.decode(latents, force_not_quantize=True)
             self.sync()
-            reps = _decode_reps(self.steps)
+            reps = decode_reps(self.steps)
             start = time.perf_counter()
             for _ in range(reps):
                 out = movq.decode(latents, force_not_quantize=True)["sample"]
@@ -867,307 +675,21 @@ class TorchSide(Side):
                            width=self.setup.resolution, num_inference_steps=decoder_steps, guidance_scale=GUIDANCE,
                            generator=generator, output_type="np").images
 
-        return _time_pipeline(call, self.sync)
-
-    def release(self, keep: set[str]) -> None:
-        import torch
-
-        super().release(keep)
-        if self.device == "cuda":
-            torch.cuda.empty_cache()
+        return time_pipeline(call, self.sync)
 
 
 # ----------------------------------------------------------------------------- the run
 
 
-class Recorder:
-    """Collects the measurements, rewrites the JSON after each, and keeps the time budget."""
+def run_side(side: Side, parts: list[str], pipeline_steps: tuple[int, int], recorder: harness.Recorder) -> None:
+    """Every part on one side, in order (``harness.run_side``), each model freed once no later part needs it."""
+    def measure(part: str) -> dict:
+        if part in STEPS:
+            return side.step(part)
+        return side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq(MOVQS[part])
 
-    def __init__(self, path: Path | None, meta: dict, budget: float | None) -> None:
-        self.path, self.meta, self.budget = path, meta, budget
-        self.rates: dict[str, dict] = {}
-        self.measurements: list[dict] = []
-
-    def over_budget(self) -> bool:
-        return self.budget is not None and time.perf_counter() - _START > self.budget
-
-    def add(self, part: str, dtype: str, side: str, result: dict) -> None:
-        self.measurements.append({"part": part, "dtype": dtype, "side": side, **result})
-        self.flush()
-
-    def rows(self) -> list[dict]:
-        """One row per (part, dtype): both sides, the FLOPs (jaxgen's compiled program), the floor."""
-        rows: dict[tuple, dict] = {}
-        for m in self.measurements:
-            row = rows.setdefault((m["part"], m["dtype"]), {"part": m["part"], "dtype": m["dtype"], "unit": UNITS[m["part"]]})
-            row[m["side"]] = {k: v for k, v in m.items() if k not in ("part", "dtype", "side")}
-        for row in rows.values():
-            ours, rate = row.get("jaxgen") or {}, self.rates.get(row["dtype"], {}).get("best")
-            flops = ours.get("flops")
-            if flops and rate:
-                row.update(flops=flops, matmul_flops_per_s=rate, floor_s=flops / rate)
-                for side in ("jaxgen", "diffusers"):
-                    seconds = (row.get(side) or {}).get("seconds")
-                    if seconds:
-                        row[side]["fraction_of_matmul_rate"] = flops / seconds / rate
-        return list(rows.values())
-
-    def flush(self) -> None:
-        if self.path is not None:
-            data = {**self.meta, "elapsed_s": time.perf_counter() - _START, "matmul_rates": self.rates,
-                    "rows": self.rows(), "measurements": self.measurements}
-            self.path.write_text(json.dumps(data, indent=2) + "\n")
-
-
-def matmul_rates(dtype: str, earlier: dict | None = None) -> dict:
-    """FLOP/s of a large matmul in JAX and in PyTorch (8192 on a GPU, 2048 on a CPU); "best": the highest
-    of these and of ``earlier`` (the same dtype measured before: on a shared machine the load varies)."""
-    import jax
-
-    from pixart import matmul_rate, torch_matmul_rate
-
-    cpu = jax.default_backend() == "cpu"
-    size = 2048 if cpu else 8192
-    # PyTorch's bfloat16 matmul on a CPU without bfloat16 instructions takes a minute at 2048: probe first
-    probe = torch_matmul_rate(dtype, 256) if cpu else None
-    torch_rate = probe if probe and 2 * size**3 / probe > 10.0 else torch_matmul_rate(dtype, size)
-    out = {"size": size, "jax": matmul_rate(dtype, size), "torch": torch_rate}
-    log(f"matmul {dtype} {size}: jax {out['jax'] / 1e9:.1f}, torch {out['torch'] / 1e9:.1f} GFLOP/s")
-    out["best"] = max(out["jax"], out["torch"], (earlier or {}).get("best", 0.0))
-    out["measurements"] = (earlier or {}).get("measurements", []) + [{"jax": out["jax"], "torch": out["torch"]}]
-    return out
-
-
-def run_side(side: Side, parts: list[str], pipeline_steps: tuple[int, int], recorder: Recorder) -> None:
-    """Every part on one side, in order, each model freed once no later part needs it; an error or the
-    spent budget is recorded instead of a result."""
-    try:
-        for i, part in enumerate(parts):
-            if recorder.over_budget():
-                log(f"{side.name} {side.dtype_name} {part}: skipped (time budget spent)")
-                recorder.add(part, side.dtype_name, side.name, {"skipped": "time budget spent"})
-                continue
-            log(f"{side.name} {side.dtype_name} {part}: start")
-            try:
-                if part in STEPS:
-                    result = side.step(part)
-                else:
-                    result = side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq(MOVQS[part])
-            except Exception as e:  # noqa: BLE001 - one part failing (e.g. out of memory) must not lose the rest
-                log(f"{side.name} {side.dtype_name} {part}: FAILED\n{traceback.format_exc()}")
-                result = {"error": f"{type(e).__name__}: {e}"[:2000]}
-            if "seconds" in result:
-                extra = f", compile {result['compile_s']:.1f} s" if "compile_s" in result else ""
-                if "first_call_s" in result:
-                    extra = (f", first call {result['first_call_s']:.1f} s ({result['first_call_programs_compiled']} "
-                             f"XLA programs compiled, {result['first_call_compile_s']:.1f} s)")
-                log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {UNITS[part]}{extra}")
-            recorder.add(part, side.dtype_name, side.name, result)
-            side.release({model for later in parts[i + 1:] for model in PART_MODELS[later]})
-    finally:
-        side.close()
-
-
-def _flops_check(rows: list[dict]) -> None:
-    """Warn where the compiled program's FLOP count is far from the lowered (unoptimised) one's: custom
-    calls (cuDNN attention, cuBLAS) may go uncounted on a GPU."""
-    for row in rows:
-        ours = row.get("jaxgen") or {}
-        a, b = ours.get("flops"), ours.get("flops_lowered")
-        if a and b and abs(a - b) > 0.1 * max(a, b):
-            log(f"note: {row['part']} {row['dtype']}: compiled program {a / 1e9:.1f} GFLOP, lowered {b / 1e9:.1f} GFLOP")
-
-
-def start_run(args: argparse.Namespace) -> None:
-    """What every benchmark sets before it measures: JAX's GPU memory not preallocated (the GPU is shared with
-    PyTorch) and no persistent compilation cache (compile times from scratch, every run), unless set already; the
-    backends started with those; XLA's compile durations recorded (``_COMPILES``); ``--torch-threads``."""
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with PyTorch
-    os.environ.setdefault("JAXGEN_COMPILATION_CACHE", "off")  # compile times from scratch, every run
-    import jax
-
-    jax.devices()  # backends start with the flags above, before tests.conftest is imported
-    jax.monitoring.register_event_duration_secs_listener(_record_compile)
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-
-
-def device_peak(dtype: str) -> float | None:
-    """The datasheet peak (``PEAKS``) of JAX's first device in ``dtype``, FLOP/s; None where unknown."""
-    import jax
-
-    kind = jax.devices()[0].device_kind
-    return next((peaks.get(dtype) for name, peaks in PEAKS if name in kind), None)
-
-
-def environment_meta(dtypes: list[str] | None = None) -> dict:
-    """The JSON's record of where a run ran: both libraries' devices, the host, the devices' datasheet peaks in
-    ``dtypes`` (only where given), the versions, XLA's flags, PyTorch's TF32 settings, JAX's default matmul
-    precision and the 1-minute load average at the start."""
-    import diffusers
-    import jax
-    import torch
-
-    torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    return {
-        "jax_device": f"{jax.devices()[0].device_kind} x{jax.device_count()} ({jax.default_backend()})",
-        "torch_device": torch_device, "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        **({} if dtypes is None else {"device_peaks": {d: device_peak(d) for d in dtypes}}),
-        "versions": {"jax": jax.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "torch_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
-        "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "load_average_start": os.getloadavg()[0],
-    }
-
-
-def measure(recorder: Recorder, setup: Any, args: argparse.Namespace, sides: tuple[type, type],
-            run: Callable[[Any], None], torch_dtypes: list[str],
-            flop_counter: Callable[[Any, str, str], float | None] | None = None) -> list[dict]:
-    """Every dtype of ``args.dtypes`` in turn: PyTorch's FLOP counts of each part of ``args.only`` (where
-    ``flop_counter(setup, part, dtype)`` is given; in the JSON as ``torch_flop_counter``, by dtype and part), the
-    matmul rates, then ``run(side)`` for jaxgen's side and diffusers' (``sides``, each built as ``side_class(setup,
-    dtype, args.steps)``; diffusers' only for ``torch_dtypes``), the rates again (the best of both). Returns the rows,
-    FLOPs checked, the load average at the end recorded."""
-    counts: dict[str, dict] = {}
-    if flop_counter is not None:
-        recorder.meta["torch_flop_counter"] = counts  # FlopCounterMode on meta tensors, by dtype and part
-    for dtype in args.dtypes:
-        if flop_counter is not None:
-            counts[dtype] = {part: flop_counter(setup, part, dtype) for part in args.only}
-        recorder.rates[dtype] = matmul_rates(dtype)
-        for side_class in sides[:1] + (sides[1:] if dtype in torch_dtypes else ()):
-            run(side_class(setup, dtype, args.steps))
-        recorder.rates[dtype] = matmul_rates(dtype, recorder.rates[dtype])  # again: the best of both
-        recorder.flush()
-    rows = recorder.rows()
-    _flops_check(rows)
-    recorder.meta["load_average_end"] = os.getloadavg()[0]
-    return rows
-
-
-def report(recorder: Recorder, rows: list[dict], head: str, torch_dtypes: list[str] | None = None, notes: str = "",
-           flops_table: Callable[[], None] | None = None) -> None:
-    """The summary line (``head``, then the environment: the devices, the dtypes diffusers ran where given, the
-    host, the versions, ``notes``, the load averages, the whole run's time), the table, ``flops_table()`` where
-    given, and the JSON once more."""
-    meta, versions = recorder.meta, recorder.meta["versions"]
-    ran = "" if torch_dtypes is None else f" (diffusers dtypes: {', '.join(torch_dtypes) or 'none'})"
-    print(f"\n{head}; jax {meta['jax_device']}, torch {meta['torch_device']}{ran}; host {meta['host']}; jax "
-          f"{versions['jax']}, torch {versions['torch']}, diffusers {versions['diffusers']}; {notes}1-min load average "
-          f"{meta['load_average_start']:.1f} at the start, {meta['load_average_end']:.1f} at the end; whole run "
-          f"{time.perf_counter() - _START:.0f} s\n")
-    print_table(rows)
-    if flops_table is not None:
-        print()
-        flops_table()
-    recorder.flush()
-
-
-def flop_counts(args: argparse.Namespace, setup: Any, xla_counter: Callable[[Any, str, str], dict],
-                torch_counter: Callable[[Any, str, str], float | None]) -> list[dict]:
-    """``--flops-only``'s counts of every part of ``args.only`` in every dtype, nothing run: XLA's
-    (``xla_counter(setup, part, dtype)``: flops, flops_lowered, compile_s, on abstract shapes), PyTorch's
-    (``torch_counter``, on meta tensors), and the floor at the device's datasheet peak where known."""
-    out = []
-    for dtype in args.dtypes:
-        for part in args.only:
-            xla = xla_counter(setup, part, dtype)
-            counted, peak = torch_counter(setup, part, dtype), device_peak(dtype)
-            out.append({"part": part, "dtype": dtype, "rows": setup.describe(part), **xla, "torch_flops": counted,
-                        "device_peak": peak, "floor_at_peak_s": xla["flops"] / peak if xla["flops"] and peak else None})
-            log(f"{part} {dtype}: XLA {_fmt(xla['flops'] and xla['flops'] / 1e9, '.1f')} GFLOP (compile "
-                f"{xla['compile_s']:.1f} s), FlopCounterMode {_fmt(counted and counted / 1e9, '.1f')} GFLOP")
-    return out
-
-
-def print_flop_counts(counts: list[dict], rows: str = "rows", compiled: str = "GFLOP (XLA compiled)") -> None:
-    """The table of ``flop_counts``; ``rows`` and ``compiled``: the headers of the work and XLA's count."""
-    print(f"| part | dtype | {rows} | {compiled} | GFLOP (XLA lowered) | GFLOP (FlopCounterMode, diffusers) "
-          "| device peak TFLOP/s | floor at peak |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in counts:
-        g = lambda v: _fmt(v and v / 1e9, ".1f")
-        print(f"| {r['part']} | {r['dtype']} | {r['rows']} | {g(r['flops'])} | {g(r['flops_lowered'])} | {g(r['torch_flops'])} "
-              f"| {_fmt(r['device_peak'] and r['device_peak'] / 1e12, '.0f')} | {_fmt(r['floor_at_peak_s'], '.4g')} |")
-
-
-def list_arguments(doc: str, parts: tuple[str, ...], default: tuple[str, ...] | None = None, default_note: str = "all",
-                   torch_dtypes: bool = True) -> argparse.ArgumentParser:
-    """A parser (described by ``doc``'s first paragraph) with the options every benchmark takes first: --only
-    (``parts``; ``default``, all of them unless given, ``default_note`` in its help), --dtypes and, where
-    ``torch_dtypes``, --torch-dtypes."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--only", default=",".join(default or parts), help=f"comma-separated parts, of "
-                        f"{','.join(parts)} (default: {default_note})")
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated, run in this order")
-    if torch_dtypes:
-        parser.add_argument("--torch-dtypes", default=None, help="the dtypes diffusers runs too (default: all of "
-                            "--dtypes; the others run jaxgen only)")
-    return parser
-
-
-def run_arguments(parser: argparse.ArgumentParser, threads_note: str = "", flops_only: str | None = None) -> None:
-    """The options every benchmark takes last: --tiny, --flops-only where ``flops_only`` is given (what follows
-    "count the FLOPs" in its help), --skip-torch, --torch-threads (``threads_note`` ends its help), --time-budget,
-    --json."""
-    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same architectures: a smoke test")
-    if flops_only is not None:
-        parser.add_argument("--flops-only", action="store_true", help=f"count the FLOPs{flops_only} (XLA on abstract "
-                            "shapes, PyTorch on meta tensors) and the floor at the device's peak; run nothing")
-    parser.add_argument("--skip-torch", action="store_true", help="jaxgen only")
-    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads on CPU (default: "
-                        f"torch's own; 1 helps on a machine other processes load{threads_note})")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds since start after which the "
-                        "remaining measurements are skipped (and recorded as skipped)")
-    parser.add_argument("--json", type=Path, default=None)
-
-
-def parse_lists(parser: argparse.ArgumentParser, parts: tuple[str, ...]) -> argparse.Namespace:
-    """The parsed arguments, --only and --dtypes as lists (and --torch-dtypes where the script has it: all of
-    --dtypes by default, none with --skip-torch), checked against ``parts`` and the two dtypes."""
-    args = parser.parse_args()
-    args.only = [p for p in args.only.split(",") if p]
-    args.dtypes = [d for d in args.dtypes.split(",") if d]
-    torch_dtypes = []
-    if hasattr(args, "torch_dtypes"):
-        args.torch_dtypes = args.dtypes if args.torch_dtypes is None else [d for d in args.torch_dtypes.split(",") if d]
-        torch_dtypes = args.torch_dtypes = [] if args.skip_torch else args.torch_dtypes
-    if unknown := set(args.only) - set(parts) or set(args.dtypes + torch_dtypes) - {"float32", "bfloat16"}:
-        parser.error(f"unknown parts or dtypes: {sorted(unknown)}")
-    return args
-
-
-def _fmt(value: Any, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _seconds(side: dict | None) -> str:
-    if not side:
-        return "-"
-    if "seconds" in side:
-        return f"{side['seconds']:.4g}"
-    return "skipped" if "skipped" in side else "error"
-
-
-def print_table(rows: list[dict]) -> None:
-    print("| part | dtype | unit | jaxgen | diffusers | speed-up | jaxgen compile s | GFLOP | best matmul GFLOP/s "
-          "| floor | jaxgen / floor | of matmul rate (jaxgen / diffusers) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        ours, ref = r.get("jaxgen") or {}, r.get("diffusers") or {}
-        speedup = f"{ref['seconds'] / ours['seconds']:.2f}x" if "seconds" in ours and "seconds" in ref else "-"
-        compile_s = ours.get("compile_s", ours.get("first_call_s"))
-        compile_note = "" if "compile_s" in ours or compile_s is None else " (first call)"
-        floor = r.get("floor_s")
-        ratio = f"{ours['seconds'] / floor:.2f}" if floor and "seconds" in ours else "-"
-        fraction = lambda side: _fmt(side.get("fraction_of_matmul_rate"), ".0%")
-        print(f"| {r['part']} | {r['dtype']} | {r['unit']} | {_seconds(r.get('jaxgen'))} | {_seconds(r.get('diffusers'))} "
-              f"| {speedup} | {_fmt(compile_s, '.1f')}{compile_note} | {_fmt(r.get('flops') and r['flops'] / 1e9, '.1f')} "
-              f"| {_fmt(r.get('matmul_flops_per_s') and r['matmul_flops_per_s'] / 1e9, '.0f')} | {_fmt(floor, '.4g')} "
-              f"| {ratio} | {fraction(ours)} / {fraction(ref)} |")
+    harness.run_side(side, parts, recorder, measure,
+                     keep=lambda i: {model for later in parts[i + 1:] for model in PART_MODELS[later]})
 
 
 def _parse() -> argparse.Namespace:
@@ -1218,7 +740,7 @@ def main() -> None:
     setup = reduced_unet3((tiny_setup if args.tiny else real_setup)(args.resolution, args.only), args.unet3_width_divisor)
     with tempfile.TemporaryDirectory() as folder:
         toks = tokenizers(Path(folder))
-        recorder = Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget)
+        recorder = harness.Recorder(args.json, _meta(args, setup, toks["source"]), args.time_budget, UNITS)
         log(f"{setup.label}, {args.resolution}px, latents {setup.latent_shape}; parts {args.only}; dtypes {args.dtypes}")
 
         def run(side: Side) -> None:

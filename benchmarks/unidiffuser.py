@@ -24,11 +24,11 @@ sides). Three parts (``--only``; all by default):
 
 jaxgen runs what its pipeline ships: ``sampling.denoise`` (one compiled loop over the steps) with
 ``UniDiffuserDenoiser`` and ``SeparateUnconditional``, the parts, rows and static arguments laid out as
-``UniDiffuserPipeline.sample`` / ``DiffusionPipeline.denoise`` do (``kandinsky.shipping_denoise``), in a
+``UniDiffuserPipeline.sample`` / ``DiffusionPipeline.denoise`` do (``harness.shipping_denoise``), in a
 ``UniDiffuserPipeline`` holding only the U-ViT and the scheduler (used for its scheduler, rows and mesh), compiled
 ahead (the step count is traced, so the one-step warm-up runs the timed program); the caption is
 ``generate_captions``' compiled beam search (``_beam_search_fn``; the best-beam slice after it is not timed),
-compiled ahead (``kandinsky.time_compiled``). diffusers runs its pipeline's loop body, ``UniDiffuserPipeline.
+compiled ahead (``harness.time_compiled``). diffusers runs its pipeline's loop body, ``UniDiffuserPipeline.
 _get_noise_pred`` itself (bound to a stand-in holding the U-ViT and the sizes) then ``scheduler.step``, one warm-up
 step first, and ``text_decoder.generate_captions`` (warmed up by a 2-token ``generate_beam``; 1 caption timed on a
 CPU: minutes each at real size). Per dtype, each side builds a model on first use and frees it after its part,
@@ -38,10 +38,10 @@ FLOPs: per step from jaxgen's compiled loop (``cost_analysis``; XLA counts a loo
 step); per caption, the compiled search (prefill + one step) plus 65 more steps (one ``_beam_step`` compiled
 alone). PyTorch's ``FlopCounterMode`` counts diffusers' work on meta tensors as a cross-check (matmuls and attention
 only; nothing allocated): ``_get_noise_pred``, and the 67 GPT-2 passes ``generate_beam`` makes. The floor is jaxgen's
-FLOPs at the best rate of a large matmul measured here (``kandinsky.matmul_rates``); where the device's datasheet peak
-is known (``kandinsky.PEAKS``) the FLOP table also gives the floor at that peak. ``--flops-only`` prints the counts
+FLOPs at the best rate of a large matmul measured here (``harness.matmul_rates``); where the device's datasheet peak
+is known (``harness.PEAKS``) the FLOP table also gives the floor at that peak. ``--flops-only`` prints the counts
 without running anything. The JSON is rewritten after every measurement; ``--time-budget`` skips what is left once
-it is spent. Progress lines go to stderr. Timing, recording and tables are ``kandinsky.py``'s and ``wuerstchen.py``'s.
+it is spent. Progress lines go to stderr. Timing, recording and tables are ``harness.py``'s.
 
 On an H200 (both dtypes; random weights for ~1.1B params per side and dtype on the host, XLA compiles):
 
@@ -70,24 +70,18 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kandinsky  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
-import wuerstchen  # noqa: E402 - the FLOP table and the per-part run
-from kandinsky import _flops, _random, log  # noqa: E402
+import harness  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
+from harness import CONFIGS, decode_reps, log, nchw, random_array, read_config, xla_flops  # noqa: E402
 
-CONFIG_DIR = kandinsky.CONFIGS / "thu-ml__unidiffuser-v1"
+CONFIG_DIR = CONFIGS / "thu-ml__unidiffuser-v1"
 PARTS = ("text2img", "joint", "caption")
 MODES = {"text2img": "text2img", "joint": "joint"}  # the step parts: their pipeline mode
 UNITS = {"text2img": "s/step", "joint": "s/step", "caption": "s/caption"}
-kandinsky.UNITS.update(UNITS)  # kandinsky.Recorder and wuerstchen.run_side read each row's unit from there
 GUIDANCE = 8.0  # UniDiffuserPipeline's default guidance_scale
 DATA_TYPE = 1  # the pipeline's default data_type (v1's token for its non-public training data)
 BEAMS, ENTRY_LENGTH = 5, 67  # generate_beam's defaults, which generate_captions uses
 NEVER_EOS = -1  # the stop token given to both searches: no token has it, so both run ENTRY_LENGTH tokens
 MODEL_PARTS = {"text2img": "unet", "joint": "unet", "caption": "text_decoder"}
-
-
-def _read(path: Path) -> dict:
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +120,7 @@ class Setup:
 
 
 def real_configs() -> dict:
-    return {name: _read(CONFIG_DIR / name / ("scheduler_config.json" if name == "scheduler" else "config.json"))
+    return {name: read_config(CONFIG_DIR / name / ("scheduler_config.json" if name == "scheduler" else "config.json"))
             for name in ("unet", "text_decoder", "vae", "scheduler")}
 
 
@@ -145,8 +139,8 @@ def host_inputs(setup: Setup, part: str) -> dict[str, np.ndarray]:
     """Host float32 rows, NHWC: the parts of a step (the text latent is the condition in text2img, noise in
     joint: the same shape either way), or the caption's text latent ``features``."""
     if part == "caption":
-        return {"features": _random(setup.features_shape(), 4)}
-    return {name: _random(shape, seed) for seed, (name, shape) in enumerate(setup.shapes().items(), 1)}
+        return {"features": random_array(setup.features_shape(), 4)}
+    return {name: random_array(shape, seed) for seed, (name, shape) in enumerate(setup.shapes().items(), 1)}
 
 
 # ----------------------------------------------------------------------------- jaxgen
@@ -197,7 +191,7 @@ def beam_step_flops(module: Any, params: Any, features_shape: tuple) -> tuple[fl
              spec((b, BEAMS), jnp.int32), spec((b, BEAMS), jnp.bool_), tuple((kv, kv) for _ in range(cfg.n_layer)))
     step = jax.jit(lambda p, s, eos, temp: _beam_step(module, {"params": p}, s, eos, temp))
     lowered = step.lower(params, state, spec((), jnp.int32), spec((), jnp.float32))
-    return _flops(lowered.compile()), _flops(lowered)
+    return xla_flops(lowered.compile()), xla_flops(lowered)
 
 
 def caption_flops(program: dict, step: tuple) -> dict:
@@ -207,8 +201,8 @@ def caption_flops(program: dict, step: tuple) -> dict:
             "flops_program": program["flops"], "flops_per_token_step": step[0]}
 
 
-class JaxSide(kandinsky.JaxSide):
-    """jaxgen's half of one dtype: ``kandinsky.JaxSide``'s timing with UniDiffuser's models and pipeline."""
+class JaxSide(harness.JaxSide):
+    """jaxgen's half of one dtype: ``harness.JaxSide``'s timing with UniDiffuser's models and pipeline."""
 
     def model_class(self, name: str) -> Any:
         return _jax_class(name)
@@ -230,7 +224,7 @@ class JaxSide(kandinsky.JaxSide):
         cond = {k: pipe.shard_rows(x[k], 1) for k in x if k not in sampled}
         state = pipe.prepare_timesteps(self.steps, None, None, (1, sum(int(np.prod(x[k].shape[1:])) for k in sampled)))
         denoiser = UniDiffuserDenoiser(module, mode, int(pipe.scheduler.config["num_train_timesteps"]), DATA_TYPE, 1)
-        args, options = kandinsky.shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps, GUIDANCE)
+        args, options = harness.shipping_denoise(pipe, denoiser, params, latents, state, cond, self.steps, GUIDANCE)
         options["guidance"] = SeparateUnconditional()  # what UniDiffuserPipeline.sample passes with guidance on
         return self._time_loop(pipe, args, options)
 
@@ -242,8 +236,8 @@ class JaxSide(kandinsky.JaxSide):
         module, params = self.model("text_decoder")
         features = jax.device_put(host_inputs(self.setup, "caption")["features"])
         lengths = lambda out: {"caption_tokens": int(np.asarray(out[1]).max())}
-        result = kandinsky.time_compiled(beam_search(module), (), (params, features, NEVER_EOS, 1.0),
-                                         kandinsky._decode_reps(self.steps), check=lengths)
+        result = harness.time_compiled(beam_search(module), (), (params, features, NEVER_EOS, 1.0),
+                                       decode_reps(self.steps), check=lengths)
         return {**result, **caption_flops(result, beam_step_flops(module, params, features.shape))}
 
 
@@ -265,7 +259,7 @@ def jax_abstract_flops(setup: Setup, part: str, dtype_name: str) -> dict:
     if part == "caption":
         features = spec(setup.features_shape(), jnp.float32)
         lowered = beam_search(module).lower(params, features, NEVER_EOS, 1.0)
-        program = {"flops": _flops(lowered.compile()), "flops_lowered": _flops(lowered)}
+        program = {"flops": xla_flops(lowered.compile()), "flops_lowered": xla_flops(lowered)}
         out = caption_flops(program, beam_step_flops(module, params, features.shape))
         return {**out, "compile_s": time.perf_counter() - start}
     mode = MODES[part]
@@ -276,7 +270,7 @@ def jax_abstract_flops(setup: Setup, part: str, dtype_name: str) -> dict:
     call = jax.jit(lambda p, x, t, c, key: (denoiser.predict(p, x, t, c), denoiser.predict_unconditional(p, x, t, c, key)))
     lowered = call.lower(params, sampled, spec((1,), jnp.int32), cond, jax.random.key(0))
     compiled = lowered.compile()
-    return {"flops": _flops(compiled), "flops_lowered": _flops(lowered), "compile_s": time.perf_counter() - start}
+    return {"flops": xla_flops(compiled), "flops_lowered": xla_flops(lowered), "compile_s": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -304,31 +298,22 @@ def loop_body(setup: Setup, unet: Any, scheduler: Any) -> Any:
     return body
 
 
-def _nchw(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
-
-
 def torch_step_inputs(setup: Setup, mode: str, to_tensor: Any, body: Any) -> tuple[dict, Any]:
     """(the parts as diffusers holds them: img_vae NCHW, img_clip, text; the flattened latents its loop steps)."""
-    parts = {k: to_tensor(_nchw(v)) for k, v in host_inputs(setup, mode).items()}
+    parts = {k: to_tensor(nchw(v)) for k, v in host_inputs(setup, mode).items()}
     if mode == "joint":
         return parts, body._combine_joint(parts["img_vae"], parts["img_clip"], parts["text"])
     return parts, body._combine(parts["img_vae"], parts["img_clip"])
 
 
-class TorchSide(kandinsky.TorchSide):
-    """diffusers' half of one dtype: ``kandinsky.TorchSide``'s timing with UniDiffuser's models and loop body."""
+class TorchSide(harness.TorchSide):
+    """diffusers' half of one dtype: ``harness.TorchSide``'s timing with UniDiffuser's models and loop body."""
 
     def builder(self, name: str) -> Callable[[], Any]:
         return _torch_builder(self.setup, name)
 
     def measure(self, part: str) -> dict:
         return self.caption() if part == "caption" else self.uvit_step(MODES[part])
-
-    def _to_tensor(self, x: np.ndarray) -> Any:
-        import torch
-
-        return torch.from_numpy(x).to(self.device, self.dtype)
 
     def uvit_step(self, mode: str) -> dict:
         """The loop body of ``UniDiffuserPipeline.__call__``: ``_get_noise_pred`` (the U-ViT calls and the guidance),
@@ -363,7 +348,7 @@ class TorchSide(kandinsky.TorchSide):
 
         decoder = self.model("text_decoder")
         features = self._to_tensor(host_inputs(self.setup, "caption")["features"])
-        reps = 1 if self.device == "cpu" else kandinsky._decode_reps(self.steps)
+        reps = 1 if self.device == "cpu" else decode_reps(self.steps)
         with torch.no_grad():
             decoder.generate_beam(input_embeds=decoder.decode_prefix(features), device=self.device,
                                   eos_token_id=NEVER_EOS, entry_length=2)
@@ -418,22 +403,22 @@ def flops_only(args: argparse.Namespace, setup: Setup) -> None:
     the floor at the device's datasheet peak where known."""
     import jax
 
-    out = kandinsky.flop_counts(args, setup, jax_abstract_flops, torch_meta_flops)
+    out = harness.flop_counts(args, setup, jax_abstract_flops, torch_meta_flops)
     print(f"\n{setup.label}; {setup.resolution}x{setup.resolution}; FLOPs per step (the guided U-ViT calls; the "
           f"scheduler arithmetic not counted) and per caption; device {jax.devices()[0].device_kind}\n")
-    kandinsky.print_flop_counts(out, "work", "GFLOP (XLA compiled, jaxgen)")
+    harness.print_flop_counts(out, "work", "GFLOP (XLA compiled, jaxgen)")
     if args.json:
         args.json.write_text(json.dumps({"setup": setup.label, "configs": setup.configs, "counts": out,
                                          "jax_device": jax.devices()[0].device_kind}, indent=2) + "\n")
 
 
 def _parse() -> argparse.Namespace:
-    parser = kandinsky.list_arguments(__doc__, PARTS)
+    parser = harness.list_arguments(__doc__, PARTS)
     parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default 10, 3 "
                         "with --tiny); the schedules have this many steps; jaxgen's captions timed: as many (at most 3 "
                         "on a CPU), diffusers': 1 on a CPU")
-    kandinsky.run_arguments(parser, flops_only="")
-    args = kandinsky.parse_lists(parser, PARTS)
+    harness.run_arguments(parser, flops_only="")
+    args = harness.parse_lists(parser, PARTS)
     args.steps = args.steps or (3 if args.tiny else 10)
     return args
 
@@ -444,13 +429,13 @@ def _meta(args: argparse.Namespace, setup: Setup) -> dict:
         "work": {part: setup.describe(part) for part in args.only}, "dtypes": args.dtypes,
         "torch_dtypes": args.torch_dtypes, "steps_timed": args.steps, "guidance_scale": GUIDANCE,
         "data_type": DATA_TYPE, "caption": {"beam_size": BEAMS, "entry_length": ENTRY_LENGTH, "eos_token_id": NEVER_EOS},
-        **kandinsky.environment_meta(args.dtypes),
+        **harness.environment_meta(args.dtypes),
     }
 
 
 def main() -> None:
     args = _parse()
-    kandinsky.start_run(args)
+    harness.start_run(args)
     label = ("tiny configs of the same architectures (smoke test)" if args.tiny else
              "UniDiffuser v1, real configs (thu-ml/unidiffuser-v1: U-ViT 953M, caption decoder GPT-2 125M)")
     setup = Setup(label, tiny_configs() if args.tiny else real_configs())
@@ -458,14 +443,14 @@ def main() -> None:
     if args.flops_only:
         flops_only(args, setup)
         return
-    recorder = kandinsky.Recorder(args.json, _meta(args, setup), args.time_budget)
-    run = lambda side: wuerstchen.run_side(side, args.only, recorder)
-    rows = kandinsky.measure(recorder, setup, args, (JaxSide, TorchSide), run, args.torch_dtypes, torch_meta_flops)
+    recorder = harness.Recorder(args.json, _meta(args, setup), args.time_budget, UNITS)
+    run = lambda side: harness.run_side(side, args.only, recorder)
+    rows = harness.measure(recorder, setup, args, (JaxSide, TorchSide), run, args.torch_dtypes, torch_meta_flops)
     head = (f"{setup.label}; {setup.resolution}x{setup.resolution}; guidance {GUIDANCE} (data-free), data_type "
             f"{DATA_TYPE}; captions: {BEAMS} beams, {ENTRY_LENGTH} tokens (stop token {NEVER_EOS}); {args.steps} steps "
             f"timed")
-    kandinsky.report(recorder, rows, head, args.torch_dtypes,
-                     flops_table=lambda: wuerstchen.print_flops_table(setup, rows, recorder.meta["torch_flop_counter"]))
+    harness.report(recorder, rows, head, args.torch_dtypes,
+                   flops_table=lambda: harness.print_flops_table(setup, rows, recorder.meta["torch_flop_counter"]))
 
 
 if __name__ == "__main__":

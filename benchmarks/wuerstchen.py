@@ -17,7 +17,7 @@ float32 and bfloat16 (params and compute, on both sides). Three parts (``--only`
 
 jaxgen runs what its pipelines ship: ``sampling.denoise`` (one compiled loop over the steps) with the pipelines'
 ``WuerstchenDenoiser``, the rows and static arguments laid out as ``DiffusionPipeline.denoise`` does
-(``kandinsky.shipping_denoise``; ``NoGuidance`` for the unguided decoder), in a ``WuerstchenPriorPipeline`` /
+(``harness.shipping_denoise``; ``NoGuidance`` for the unguided decoder), in a ``WuerstchenPriorPipeline`` /
 ``WuerstchenDecoderPipeline`` used for its scheduler, rows and mesh; compiled ahead (the step count is traced, so
 the one-step warm-up runs the timed program); the decode is the pipeline's jitted ``_decode_vqgan``. diffusers runs
 the loop bodies of ``WuerstchenPriorPipeline.__call__`` and ``WuerstchenDecoderPipeline.__call__`` (one warm-up
@@ -29,12 +29,12 @@ every module: minutes at real size; the weights are overwritten anyway).
 FLOPs per step come from jaxgen's compiled program (``cost_analysis``; XLA counts a loop body once, and the loop
 body is one step); PyTorch's ``FlopCounterMode`` counts diffusers' models on meta tensors as a cross-check (matmuls
 and convolutions only; nothing allocated). The floor is those FLOPs at the best rate of a large matmul measured here
-(JAX's or PyTorch's, before and after each dtype's runs), as in ``kandinsky.py``; where the device's datasheet peak
-is known (``kandinsky.PEAKS``: H100/H200/A100, TPU v4/v5e/v5p/v6e) the FLOP table also gives the floor at that peak and each
+(JAX's or PyTorch's, before and after each dtype's runs), as in ``harness.py``; where the device's datasheet peak
+is known (``harness.PEAKS``: H100/H200/A100, TPU v4/v5e/v5p/v6e) the FLOP table also gives the floor at that peak and each
 side's achieved FLOP/s as a fraction of it. ``--flops-only`` prints the counts for a resolution without running
 anything (abstract shapes: XLA compiles on ``jax.ShapeDtypeStruct``, PyTorch counts on meta tensors), e.g. the
 real 1024 px counts on a CPU. The JSON is rewritten after every measurement; ``--time-budget`` skips what is left
-once it is spent. Progress lines go to stderr. Timing helpers, the recorder and the table are ``kandinsky.py``'s.
+once it is spent. Progress lines go to stderr. Timing helpers, the recorder and the tables are ``harness.py``'s.
 
 On an H200 (1024 px, both dtypes; random weights for ~2.1B params per side and dtype on the host, XLA compiles):
 
@@ -57,7 +57,6 @@ import json
 import math
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 from unittest import mock
@@ -65,21 +64,15 @@ from unittest import mock
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import kandinsky  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
-from kandinsky import _decode_reps, _flops, _fmt, _random, device_peak, log  # noqa: E402
+import harness  # noqa: E402 - the shared timing, recording and table helpers (it puts the repository on sys.path)
+from harness import CONFIGS, decode_reps, log, nchw, random_array, read_config, xla_flops  # noqa: E402
 
-CONFIGS = kandinsky.CONFIGS
 PRIOR_DIR = CONFIGS / "warp-ai__wuerstchen-prior"
 DECODER_DIR = CONFIGS / "warp-ai__wuerstchen"
 PARTS = ("prior", "decoder", "vqgan")  # each part runs the model of its name
 UNITS = {"prior": "s/step", "decoder": "s/step", "vqgan": "s/decode"}
-kandinsky.UNITS.update(UNITS)  # kandinsky.Recorder reads each row's unit from its table
 TEXT_LEN = 77  # both CLIP tokenizers pad to 77
 PRIOR_GUIDANCE, DECODER_GUIDANCE = 4.0, 0.0  # WuerstchenCombinedPipeline's defaults
-
-
-def _read(path: Path) -> dict:
-    return {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,13 +123,13 @@ class Setup:
 
 
 def real_configs() -> dict:
-    return {"prior": _read(PRIOR_DIR / "prior" / "config.json"),
-            "prior_scheduler": _read(PRIOR_DIR / "scheduler" / "scheduler_config.json"),
-            "prior_pipeline": _read(PRIOR_DIR / "model_index.json"),
-            "decoder": _read(DECODER_DIR / "decoder" / "config.json"),
-            "vqgan": _read(DECODER_DIR / "vqgan" / "config.json"),
-            "decoder_scheduler": _read(DECODER_DIR / "scheduler" / "scheduler_config.json"),
-            "decoder_pipeline": _read(DECODER_DIR / "model_index.json")}
+    return {"prior": read_config(PRIOR_DIR / "prior" / "config.json"),
+            "prior_scheduler": read_config(PRIOR_DIR / "scheduler" / "scheduler_config.json"),
+            "prior_pipeline": read_config(PRIOR_DIR / "model_index.json"),
+            "decoder": read_config(DECODER_DIR / "decoder" / "config.json"),
+            "vqgan": read_config(DECODER_DIR / "vqgan" / "config.json"),
+            "decoder_scheduler": read_config(DECODER_DIR / "scheduler" / "scheduler_config.json"),
+            "decoder_pipeline": read_config(DECODER_DIR / "model_index.json")}
 
 
 def tiny_configs() -> dict:
@@ -160,16 +153,16 @@ def conditioning(setup: Setup, part: str) -> Pairs:
     if part == "vqgan":
         return {}
     if part == "prior":
-        return {"c": (_random((b, TEXT_LEN, cfg["c_cond"]), 2), _random((b, TEXT_LEN, cfg["c_cond"]), 3) if guided else None)}
+        return {"c": (random_array((b, TEXT_LEN, cfg["c_cond"]), 2), random_array((b, TEXT_LEN, cfg["c_cond"]), 3) if guided else None)}
     e = setup.embedding_side
-    effnet = _random((b, e, e, cfg["effnet_embd"]), 4)
+    effnet = random_array((b, e, e, cfg["effnet_embd"]), 4)
     return {"effnet": (effnet, np.zeros_like(effnet) if guided else None),
-            "clip": (_random((b, TEXT_LEN, cfg["clip_embd"]), 5), _random((b, TEXT_LEN, cfg["clip_embd"]), 6) if guided else None)}
+            "clip": (random_array((b, TEXT_LEN, cfg["clip_embd"]), 5), random_array((b, TEXT_LEN, cfg["clip_embd"]), 6) if guided else None)}
 
 
 def start_latents(setup: Setup, part: str) -> np.ndarray:
     """The rows a part starts from (noise for the steps, stage B latents for the decode), NHWC float32."""
-    return _random(setup.sample_shape(part), 1)
+    return random_array(setup.sample_shape(part), 1)
 
 
 # ----------------------------------------------------------------------------- jaxgen
@@ -183,8 +176,8 @@ def _jax_class(name: str) -> Any:
     return {"prior": WuerstchenPrior, "decoder": WuerstchenDiffNeXt, "vqgan": PaellaVQModel}[name]
 
 
-class JaxSide(kandinsky.JaxSide):
-    """jaxgen's half of one dtype: ``kandinsky.JaxSide``'s timing with Würstchen's models and pipelines."""
+class JaxSide(harness.JaxSide):
+    """jaxgen's half of one dtype: ``harness.JaxSide``'s timing with Würstchen's models and pipelines."""
 
     def model_class(self, name: str) -> Any:
         return _jax_class(name)
@@ -208,8 +201,8 @@ class JaxSide(kandinsky.JaxSide):
         latents = pipe.shard_rows(start_latents(self.setup, part) * pipe.scheduler.init_noise_sigma, batch)
         cond = {name: pipe.guidance_rows(positive, negative, batch, module.dtype)
                 for name, (positive, negative) in conditioning(self.setup, part).items()}
-        args, options = kandinsky.shipping_denoise(pipe, WuerstchenDenoiser(module), params, latents, state, cond,
-                                                   self.steps, self.setup.guidance(part))
+        args, options = harness.shipping_denoise(pipe, WuerstchenDenoiser(module), params, latents, state, cond,
+                                                 self.steps, self.setup.guidance(part))
         if not self.setup.guided(part):  # what DiffusionPipeline.denoise picks for a scale <= 1
             options["guidance"] = sampling.NoGuidance()
         return self._time_loop(pipe, args, options)
@@ -222,7 +215,7 @@ class JaxSide(kandinsky.JaxSide):
 
         module, params = self.model("vqgan")
         latents = jax.device_put(start_latents(self.setup, "vqgan"))
-        return kandinsky.time_compiled(_decode_vqgan, (module,), (params, latents), _decode_reps(self.steps))
+        return harness.time_compiled(_decode_vqgan, (module,), (params, latents), decode_reps(self.steps))
 
 
 def jax_abstract_flops(setup: Setup, part: str, dtype_name: str) -> dict:
@@ -247,7 +240,7 @@ def jax_abstract_flops(setup: Setup, part: str, dtype_name: str) -> dict:
         call = jax.jit(lambda p, x, r, c: module.apply({"params": p}, x, r, **c))
         lowered = call.lower(params, spec((rows, *shape[1:])), spec((rows,), jnp.float32), cond)
     compiled = lowered.compile()
-    return {"flops": _flops(compiled), "flops_lowered": _flops(lowered), "compile_s": time.perf_counter() - start}
+    return {"flops": xla_flops(compiled), "flops_lowered": xla_flops(lowered), "compile_s": time.perf_counter() - start}
 
 
 # ----------------------------------------------------------------------------- diffusers
@@ -266,36 +259,27 @@ def _torch_builder(setup: Setup, name: str) -> Callable[[], Any]:
     return build
 
 
-def _nchw(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x
-
-
 def torch_call(setup: Setup, part: str, model: Any, to_tensor: Callable[[np.ndarray], Any]) -> Callable[[], Any]:
     """The model call of a part on its rows, as diffusers' pipelines make it: [text; uncond] with guidance."""
     import torch
 
-    cat = lambda pair: to_tensor(_nchw(pair[0] if pair[1] is None else np.concatenate(pair)))
+    cat = lambda pair: to_tensor(nchw(pair[0] if pair[1] is None else np.concatenate(pair)))
     cond = {name: cat(pair) for name, pair in conditioning(setup, part).items()}
-    x = to_tensor(_nchw(np.concatenate([start_latents(setup, part)] * (setup.rows(part) // setup.batch))))
+    x = to_tensor(nchw(np.concatenate([start_latents(setup, part)] * (setup.rows(part) // setup.batch))))
     if part == "vqgan":
         return lambda: model.decode(x * model.config.scale_factor).sample.clamp(0, 1)
     r = torch.full((x.shape[0],), 0.5, dtype=x.dtype, device=x.device)
     return lambda: model(x, r=r, **cond)
 
 
-class TorchSide(kandinsky.TorchSide):
-    """diffusers' half of one dtype: ``kandinsky.TorchSide``'s timing with Würstchen's models and loop bodies."""
+class TorchSide(harness.TorchSide):
+    """diffusers' half of one dtype: ``harness.TorchSide``'s timing with Würstchen's models and loop bodies."""
 
     def builder(self, name: str) -> Callable[[], Any]:
         return _torch_builder(self.setup, name)
 
     def measure(self, part: str) -> dict:
         return self.decode() if part == "vqgan" else self.wuerstchen_step(part)
-
-    def _to_tensor(self, x: np.ndarray) -> Any:
-        import torch
-
-        return torch.from_numpy(x).to(self.device, self.dtype)
 
     def wuerstchen_step(self, part: str) -> dict:
         """The loop body of ``WuerstchenPriorPipeline.__call__`` / ``WuerstchenDecoderPipeline.__call__``:
@@ -307,8 +291,8 @@ class TorchSide(kandinsky.TorchSide):
         scheduler = diffusers.DDPMWuerstchenScheduler.from_config(self.setup.configs[f"{part}_scheduler"])
         guided, scale = self.setup.guided(part), self.setup.guidance(part)
         pair = lambda p: p[0] if p[1] is None else np.concatenate(p)  # [text; uncond], as the pipelines concatenate
-        cond = {name: self._to_tensor(_nchw(pair(p))) for name, p in conditioning(self.setup, part).items()}
-        start = self._to_tensor(_nchw(start_latents(self.setup, part))) * scheduler.init_noise_sigma
+        cond = {name: self._to_tensor(nchw(pair(p))) for name, p in conditioning(self.setup, part).items()}
+        start = self._to_tensor(nchw(start_latents(self.setup, part))) * scheduler.init_noise_sigma
         generator = torch.Generator(self.device).manual_seed(0)
 
         @torch.no_grad()
@@ -336,7 +320,7 @@ class TorchSide(kandinsky.TorchSide):
         with torch.no_grad():
             call()
             self.sync()
-            reps = _decode_reps(self.steps)
+            reps = decode_reps(self.steps)
             start = time.perf_counter()
             for _ in range(reps):
                 out = call()
@@ -368,56 +352,16 @@ def torch_meta_flops(setup: Setup, part: str, dtype_name: str) -> float | None:
 # ----------------------------------------------------------------------------- the run
 
 
-def run_side(side: Any, parts: list[str], recorder: kandinsky.Recorder) -> None:
-    """Every part on one side, in order, each model freed after its part; an error or the spent budget is
-    recorded instead of a result (``kandinsky.run_side``'s rules)."""
-    try:
-        for part in parts:
-            if recorder.over_budget():
-                log(f"{side.name} {side.dtype_name} {part}: skipped (time budget spent)")
-                recorder.add(part, side.dtype_name, side.name, {"skipped": "time budget spent"})
-                continue
-            log(f"{side.name} {side.dtype_name} {part}: start")
-            try:
-                result = side.measure(part)
-            except Exception as e:  # noqa: BLE001 - one part failing (e.g. out of memory) must not lose the rest
-                log(f"{side.name} {side.dtype_name} {part}: FAILED\n{traceback.format_exc()}")
-                result = {"error": f"{type(e).__name__}: {e}"[:2000]}
-            if "seconds" in result:
-                extra = f", compile {result['compile_s']:.1f} s" if "compile_s" in result else ""
-                log(f"{side.name} {side.dtype_name} {part}: {result['seconds']:.4f} {kandinsky.UNITS[part]}{extra}")
-            recorder.add(part, side.dtype_name, side.name, result)
-            side.release(set())
-    finally:
-        side.close()
-
-
-def print_flops_table(setup: Setup, rows: list[dict], counts: dict) -> None:
-    """Per (part, dtype): the shapes, XLA's and PyTorch's counts, the device's peak and each side's FLOP/s."""
-    print("| part | dtype | rows | GFLOP (XLA, jaxgen) | GFLOP (FlopCounterMode, diffusers) | device peak TFLOP/s "
-          "| floor at peak | jaxgen GFLOP/s | diffusers GFLOP/s | of peak (jaxgen / diffusers) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        flops, peak = r.get("flops"), device_peak(r["dtype"])
-        torch_flops = counts.get(r["dtype"], {}).get(r["part"])
-        rate = lambda side: flops / (r.get(side) or {})["seconds"] if flops and "seconds" in (r.get(side) or {}) else None
-        of_peak = lambda side: _fmt(rate(side) and peak and rate(side) / peak, ".1%")
-        print(f"| {r['part']} | {r['dtype']} | {setup.describe(r['part'])} | {_fmt(flops and flops / 1e9, '.1f')} "
-              f"| {_fmt(torch_flops and torch_flops / 1e9, '.1f')} | {_fmt(peak and peak / 1e12, '.0f')} "
-              f"| {_fmt(flops and peak and flops / peak, '.4g')} | {_fmt(rate('jaxgen') and rate('jaxgen') / 1e9, '.1f')} "
-              f"| {_fmt(rate('diffusers') and rate('diffusers') / 1e9, '.1f')} | {of_peak('jaxgen')} / {of_peak('diffusers')} |")
-
-
 def flops_only(args: argparse.Namespace, setup: Setup) -> None:
     """The FLOP counts of every part and dtype at ``setup``'s size, nothing run: XLA on abstract shapes, PyTorch
     on meta tensors, and the floor at the device's datasheet peak where known."""
     import jax
 
-    out = kandinsky.flop_counts(args, setup, jax_abstract_flops, torch_meta_flops)
+    out = harness.flop_counts(args, setup, jax_abstract_flops, torch_meta_flops)
     print(f"\n{setup.label}; {setup.resolution}x{setup.resolution}, embeddings {setup.embedding_side}, latents "
           f"{setup.latent_side}; batch {setup.batch}; FLOPs of one model call per part (the guidance and scheduler "
           f"arithmetic not counted); device {jax.devices()[0].device_kind}\n")
-    kandinsky.print_flop_counts(out)
+    harness.print_flop_counts(out)
     if args.json:
         args.json.write_text(json.dumps({"setup": setup.label, "resolution": setup.resolution, "batch": setup.batch,
                                          "configs": setup.configs, "jax_device": jax.devices()[0].device_kind,
@@ -425,7 +369,7 @@ def flops_only(args: argparse.Namespace, setup: Setup) -> None:
 
 
 def _parse() -> argparse.Namespace:
-    parser = kandinsky.list_arguments(__doc__, PARTS)
+    parser = harness.list_arguments(__doc__, PARTS)
     parser.add_argument("--steps", type=int, default=None, help="steps timed (after a one-step warm-up; default 10, 3 "
                         "with --tiny); the schedules have this many steps; decodes timed: as many (at most 3 on a CPU)")
     parser.add_argument("--resolution", type=int, default=None, help="image side in pixels (default 1024, 128 with "
@@ -434,8 +378,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--prior-guidance", type=float, default=PRIOR_GUIDANCE, help="stage C guidance scale (CFG above 1)")
     parser.add_argument("--decoder-guidance", type=float, default=DECODER_GUIDANCE, help="stage B guidance scale "
                         "(default 0: no guidance, B rows)")
-    kandinsky.run_arguments(parser, flops_only=" at --resolution")
-    args = kandinsky.parse_lists(parser, PARTS)
+    harness.run_arguments(parser, flops_only=" at --resolution")
+    args = harness.parse_lists(parser, PARTS)
     args.resolution = args.resolution or (128 if args.tiny else 1024)
     args.steps = args.steps or (3 if args.tiny else 10)
     return args
@@ -462,29 +406,29 @@ def _meta(args: argparse.Namespace, setup: Setup) -> dict:
         "parts": args.only, "rows": {part: setup.describe(part) for part in args.only}, "dtypes": args.dtypes,
         "torch_dtypes": args.torch_dtypes, "steps_timed": args.steps,
         "guidance_scale": {"prior": setup.prior_guidance, "decoder": setup.decoder_guidance},
-        **kandinsky.environment_meta(args.dtypes),
+        **harness.environment_meta(args.dtypes),
     }
 
 
 def main() -> None:
     args = _parse()
-    kandinsky.start_run(args)
+    harness.start_run(args)
     setup = make_setup(args)
     log(f"{setup.label}, {args.resolution}px, embeddings {setup.embedding_side}, latents {setup.latent_side}, batch "
         f"{args.batch}; parts {args.only}; dtypes {args.dtypes} (diffusers: {args.torch_dtypes})")
     if args.flops_only:
         flops_only(args, setup)
         return
-    recorder = kandinsky.Recorder(args.json, _meta(args, setup), args.time_budget)
-    rows = kandinsky.measure(recorder, setup, args, (JaxSide, TorchSide), lambda side: run_side(side, args.only, recorder),
-                             args.torch_dtypes, torch_meta_flops)
+    recorder = harness.Recorder(args.json, _meta(args, setup), args.time_budget, UNITS)
+    run = lambda side: harness.run_side(side, args.only, recorder)
+    rows = harness.measure(recorder, setup, args, (JaxSide, TorchSide), run, args.torch_dtypes, torch_meta_flops)
     guidance = (f"prior guidance {setup.prior_guidance} ({setup.rows('prior')} rows), decoder guidance "
                 f"{setup.decoder_guidance} ({setup.rows('decoder')} rows)")
     head = (f"{setup.label}; {args.resolution}x{args.resolution}, embeddings {setup.embedding_side}x"
             f"{setup.embedding_side}, latents {setup.latent_side}x{setup.latent_side}, batch {args.batch}; {guidance}; "
             f"{args.steps} steps timed")
-    kandinsky.report(recorder, rows, head, args.torch_dtypes,
-                     flops_table=lambda: print_flops_table(setup, rows, recorder.meta["torch_flop_counter"]))
+    harness.report(recorder, rows, head, args.torch_dtypes,
+                   flops_table=lambda: harness.print_flops_table(setup, rows, recorder.meta["torch_flop_counter"]))
 
 
 if __name__ == "__main__":
