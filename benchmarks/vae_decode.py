@@ -1,9 +1,12 @@
 """The AutoencoderKL decode alone, jaxgen against diffusers: one real config, random weights, one latent.
 
 jaxgen runs the pipelines' jitted ``decode_latents`` (the first call compiles and is not counted); diffusers runs
-``AutoencoderKL.decode`` under ``torch.inference_mode``. Prints each call's seconds. On 2 CPU cores:
+``AutoencoderKL.decode`` under ``torch.inference_mode``. Prints each call's seconds. ``--ops``: instead, the
+decoder's largest ops at 512 px alone (3x3 convolutions, GroupNorm + SiLU), XLA against PyTorch, best of 3. On 2 CPU
+cores:
 
     python benchmarks/vae_decode.py --config tests/configs/thu-ml__unidiffuser-v1/vae --size 512
+    python benchmarks/vae_decode.py --ops
 """
 
 from __future__ import annotations
@@ -27,12 +30,60 @@ def _seconds(call, reps: int) -> list[float]:
     return out
 
 
+def _best(call, reps: int = 3) -> float:
+    call()
+    return min(_seconds(call, reps))
+
+
+def ops() -> None:
+    """The SD VAE decoder's largest ops, alone, float32: each 3x3 convolution shape and GroupNorm(32) + SiLU."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from jax import lax
+
+    rng = np.random.default_rng(0)
+    conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+    for side, cin, cout in [(512, 128, 128), (512, 256, 256), (256, 256, 256), (512, 256, 128)]:
+        x = rng.standard_normal((1, side, side, cin), np.float32)
+        w = rng.standard_normal((3, 3, cin, cout), np.float32) * 0.05
+        jx, jw = jnp.asarray(x), jnp.asarray(w)
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+        with torch.inference_mode():
+            t_torch = _best(lambda: torch.nn.functional.conv2d(tx, tw, padding=1))
+        t_jax = _best(lambda: conv(jx, jw).block_until_ready())
+        gflop = 2 * 9 * cin * cout * side * side / 1e9
+        print(f"conv3x3 {side}^2 {cin}->{cout}: {gflop:.0f} GFLOP, jax {t_jax:.3f} s ({gflop / t_jax:.0f} GFLOP/s), "
+              f"torch {t_torch:.3f} s ({gflop / t_torch:.0f} GFLOP/s)", flush=True)
+    for side, c in [(512, 128), (512, 256)]:
+        x = rng.standard_normal((1, side, side, c), np.float32)
+
+        def norm(a: jax.Array) -> jax.Array:
+            g = a.reshape(1, side, side, 32, c // 32)
+            mean, var = g.mean((1, 2, 4), keepdims=True), g.var((1, 2, 4), keepdims=True)
+            return jax.nn.silu(((g - mean) * lax.rsqrt(var + 1e-6)).reshape(a.shape))
+
+        jx, norm_jit = jnp.asarray(x), jax.jit(norm)
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        with torch.inference_mode():
+            t_torch = _best(lambda: torch.nn.functional.silu(torch.nn.functional.group_norm(tx, 32, eps=1e-6)))
+        t_jax = _best(lambda: norm_jit(jx).block_until_ready())
+        print(f"groupnorm+silu {side}^2 x {c}: jax {t_jax:.3f} s, torch {t_torch:.3f} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a folder holding an AutoencoderKL config.json")
+    parser.add_argument("--config", help="a folder holding an AutoencoderKL config.json")
+    parser.add_argument("--ops", action="store_true", help="time the decoder's largest ops alone instead")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (latents: size / 8)")
     parser.add_argument("--reps", type=int, default=2, help="timed calls per side")
     args = parser.parse_args(argv)
+    if args.ops:
+        return ops()
+    if not args.config:
+        parser.error("--config: a folder holding an AutoencoderKL config.json (or --ops)")
 
     import diffusers
     import jax.numpy as jnp
