@@ -528,9 +528,7 @@ class TorchSide(Side, harness.TorchSide):
         return builders[KINDS.get(name, name)]
 
     def _tensor(self, shape: tuple, seed: int) -> Any:
-        import torch
-
-        return torch.from_numpy(random_array(shape, seed)).to(self.device, self.dtype)
+        return self._to_tensor(random_array(shape, seed))
 
     def _rows(self, pairs: Pairs) -> dict:
         """``pairs`` as diffusers' pipelines lay them out: [negative; positive], images NCHW, floating ones in
@@ -683,12 +681,12 @@ class TorchSide(Side, harness.TorchSide):
 
 def run_side(side: Side, parts: list[str], pipeline_steps: tuple[int, int], recorder: harness.Recorder) -> None:
     """Every part on one side, in order (``harness.run_side``), each model freed once no later part needs it."""
-    def measure(part: str) -> dict:
+    def measure_part(part: str) -> dict:
         if part in STEPS:
             return side.step(part)
         return side.pipeline(*pipeline_steps) if part == "pipeline" else side.movq(MOVQS[part])
 
-    harness.run_side(side, parts, recorder, measure,
+    harness.run_side(side, parts, recorder, measure_part,
                      keep=lambda i: {model for later in parts[i + 1:] for model in PART_MODELS[later]})
 
 

@@ -36,40 +36,39 @@ def _best(call, reps: int = 3) -> float:
 
 
 def ops() -> None:
-    """The SD VAE decoder's largest ops, alone, float32: each 3x3 convolution shape and GroupNorm(32) + SiLU."""
+    """The SD VAE decoder's largest ops, alone, float32, as jaxgen builds them (``jaxgen.nn.resnet``'s ``conv2d``
+    and ``group_norm``, then SiLU) against ``torch.nn.functional``'s: each 3x3 convolution shape and GroupNorm(32)."""
     import jax
     import jax.numpy as jnp
     import torch
-    from jax import lax
+
+    from jaxgen.nn.resnet import conv2d, group_norm
 
     rng = np.random.default_rng(0)
-    conv = jax.jit(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                                         dimension_numbers=("NHWC", "HWIO", "NHWC")))
+
+    def jitted(module, x: np.ndarray, then=lambda y: y):
+        """A call of ``then(module(x))``, jitted, params initialised (flax's defaults: values do not change time)."""
+        params = module.init(jax.random.key(0), jnp.asarray(x[:, :8, :8]))
+        apply = jax.jit(lambda p, a: then(module.apply(p, a)))
+        return lambda: apply(params, jnp.asarray(x)).block_until_ready()
+
     for side, cin, cout in [(512, 128, 128), (512, 256, 256), (256, 256, 256), (512, 256, 128)]:
         x = rng.standard_normal((1, side, side, cin), np.float32)
-        w = rng.standard_normal((3, 3, cin, cout), np.float32) * 0.05
-        jx, jw = jnp.asarray(x), jnp.asarray(w)
-        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-        tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1)))
+        w = torch.from_numpy(rng.standard_normal((cout, cin, 3, 3), np.float32) * 0.05)
+        tx, bias = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.zeros(cout)
         with torch.inference_mode():
-            t_torch = _best(lambda: torch.nn.functional.conv2d(tx, tw, padding=1))
-        t_jax = _best(lambda: conv(jx, jw).block_until_ready())
+            t_torch = _best(lambda: torch.nn.functional.conv2d(tx, w, bias, padding=1))
+        t_jax = _best(jitted(conv2d(cout, 3, padding=1), x))
         gflop = 2 * 9 * cin * cout * side * side / 1e9
         print(f"conv3x3 {side}^2 {cin}->{cout}: {gflop:.0f} GFLOP, jax {t_jax:.3f} s ({gflop / t_jax:.0f} GFLOP/s), "
               f"torch {t_torch:.3f} s ({gflop / t_torch:.0f} GFLOP/s)", flush=True)
     for side, c in [(512, 128), (512, 256)]:
         x = rng.standard_normal((1, side, side, c), np.float32)
-
-        def norm(a: jax.Array) -> jax.Array:
-            g = a.reshape(1, side, side, 32, c // 32)
-            mean, var = g.mean((1, 2, 4), keepdims=True), g.var((1, 2, 4), keepdims=True)
-            return jax.nn.silu(((g - mean) * lax.rsqrt(var + 1e-6)).reshape(a.shape))
-
-        jx, norm_jit = jnp.asarray(x), jax.jit(norm)
         tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
         with torch.inference_mode():
             t_torch = _best(lambda: torch.nn.functional.silu(torch.nn.functional.group_norm(tx, 32, eps=1e-6)))
-        t_jax = _best(lambda: norm_jit(jx).block_until_ready())
+
+        t_jax = _best(jitted(group_norm(32, 1e-6, jnp.float32, "norm"), x, then=jax.nn.silu))
         print(f"groupnorm+silu {side}^2 x {c}: jax {t_jax:.3f} s, torch {t_torch:.3f} s", flush=True)
 
 
